@@ -73,8 +73,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "cmux-gevent = cmux_gevent.cli:main",
-            "cmux-proxy = cmux_gevent.cli:main",
+            "cmux-gevent = cmux_gevent.cli:entry",
+            "cmux-proxy = cmux_gevent.cli:entry",
         ],
     },
     cmdclass={"build_py": BuildPyWithShim},

@@ -1,0 +1,116 @@
+"""Moving message bodies: parsed events in, correctly framed bytes out.
+
+`MessageReader` pairs a socket with a parser and hands out events; the copy
+functions write bodies with the framing the receiving side needs. A peer that
+goes away surfaces as ConnectionGone, and a body cut short is never completed:
+the caller closes the other side instead of writing a final chunk.
+"""
+
+from gevent import socket
+
+from .errors import ConnectionGone
+from .parser import BODY, END
+
+READ_SIZE = 64 * 1024
+CHUNKED_END = b"0\r\n\r\n"
+
+
+class MessageReader:
+    """A socket and the parser its bytes go to; `next_event` reads only when needed."""
+
+    __slots__ = ("sock", "parser", "received")
+
+    def __init__(self, sock, parser):
+        self.sock = sock
+        self.parser = parser
+        self.received = 0
+
+    def read_more(self, timeout) -> None:
+        """Read once (waiting at most `timeout` s) and feed the parser; ConnectionGone on EOF."""
+        sock = self.sock
+        sock.settimeout(timeout)
+        try:
+            data = sock.recv(READ_SIZE)
+        except socket.timeout:
+            raise
+        except OSError as exc:
+            raise ConnectionGone(str(exc)) from None
+        if not data:
+            raise ConnectionGone("peer closed the connection")
+        self.received += len(data)
+        self.parser.feed(data)
+
+    def next_event(self, timeout):
+        events = self.parser.events
+        while not events:
+            self.read_more(timeout)
+        return events.popleft()
+
+
+def send(sock, data) -> None:
+    """sendall that reports a vanished peer as ConnectionGone."""
+    try:
+        sock.sendall(data)
+    except OSError as exc:
+        raise ConnectionGone(str(exc)) from None
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def copy_events(reader: MessageReader, dst, chunked: bool, timeout) -> int:
+    """Copy BODY events to `dst` until END, chunk-framed if `chunked`; returns bytes copied."""
+    copied = 0
+    while True:
+        event = reader.next_event(timeout)
+        if event is END:
+            if chunked:
+                send(dst, CHUNKED_END)
+            return copied
+        data = event[1]
+        copied += len(data)
+        send(dst, chunk(data) if chunked else data)
+
+
+def drain_queued_body(reader: MessageReader, dst, chunked: bool):
+    """Send BODY events the parser already produced; returns (bytes sent, whether END was seen)."""
+    events = reader.parser.events
+    sent = 0
+    while events:
+        event = events[0]
+        if event is END:
+            events.popleft()
+            return sent, True
+        if not (isinstance(event, tuple) and event[0] == BODY):
+            break
+        events.popleft()
+        sent += len(event[1])
+        send(dst, chunk(event[1]) if chunked else event[1])
+    return sent, False
+
+
+def copy_raw(src, dst, remaining, chunked: bool, timeout) -> int:
+    """Copy `remaining` bytes (None: until EOF) from `src` to `dst`; returns bytes copied.
+
+    Raises ConnectionGone if `src` ends before `remaining` bytes arrived.
+    """
+    copied = 0
+    src.settimeout(timeout)
+    while remaining is None or copied < remaining:
+        want = READ_SIZE if remaining is None else min(READ_SIZE, remaining - copied)
+        try:
+            data = src.recv(want)
+        except socket.timeout:
+            raise
+        except OSError as exc:
+            raise ConnectionGone(str(exc)) from None
+        if not data:
+            if remaining is None:
+                break
+            raise ConnectionGone("peer closed before the end of the body")
+        copied += len(data)
+        send(dst, chunk(data) if chunked else data)
+    if chunked:
+        send(dst, CHUNKED_END)
+    return copied

@@ -1,0 +1,390 @@
+"""The per-client greenlet: read a head, route it, relay the exchange, repeat.
+
+Blocking-style code over gevent sockets. Protocol decisions are made by the pure
+modules (parser, head, route); this module only reads, calls them and writes.
+"""
+
+import logging
+import time
+
+import gevent
+from gevent import socket
+
+from . import head as h
+from .body import (
+    MessageReader, ConnectionGone, copy_events, copy_raw, drain_queued_body, send,
+)
+from .errors import ClientError, ProxyError, UpstreamError, render_error
+from .parser import END, RequestParser, ResponseParser
+from .pool import connect
+from .relay import tunnel
+from .route import route
+
+log = logging.getLogger("cmux_gevent.access")
+CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
+SWITCHING = (b"Connection", b"Upgrade")
+
+
+class Exchange:
+    """What the access log says about one request."""
+
+    __slots__ = ("head", "target", "status", "sent", "started", "error")
+
+    def __init__(self, head):
+        self.head = head
+        self.target = None
+        self.status = 0
+        self.sent = 0
+        self.started = time.monotonic()
+        self.error = None
+
+
+class ClientConnection:
+    """One client connection, served request by request, in order."""
+
+    def __init__(self, sock, address, proxy):
+        self.sock = sock
+        self.peer = address[0] if isinstance(address, tuple) else str(address)
+        self.proxy = proxy
+        self.config = proxy.config
+        self.reader = MessageReader(sock, RequestParser(proxy.config.limits))
+        self.idle = True  # waiting for a request: a draining server may close us at once
+        self.responding = False  # some response bytes went out: errors can only close
+        self._watch = None
+
+    # -- the loop ----------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Serve requests until the client or the protocol ends the connection."""
+        sock = self.sock
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while self._serve_one():
+                pass
+        except ConnectionGone:
+            pass
+        finally:
+            if self._watch is not None:
+                self._watch.close()
+            sock.close()
+
+    def close_now(self) -> None:
+        """End this connection from outside (drain): its greenlet sees EOF and returns."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _serve_one(self) -> bool:
+        """One exchange; True if the connection stays open for another."""
+        try:
+            head = self._read_head()
+        except ProxyError as error:
+            exchange = Exchange(None)
+            self._reply_error(exchange, error)
+            self._access_log(exchange)
+            return False
+        if head is None:
+            return False
+        exchange = Exchange(head)
+        self.responding = False
+        try:
+            h.check_request(head)
+            exchange.target = target = route(head, self.config)
+            if head.method == b"CONNECT":
+                return self._connect(exchange, target)
+            if head.upgrade:
+                return self._upgrade(exchange, target)
+            return self._forward(exchange, target)
+        except ProxyError as error:
+            self._reply_error(exchange, error)
+            return False
+        except ConnectionGone as gone:
+            exchange.error = str(gone)
+            return False
+        finally:
+            self._access_log(exchange)
+
+    def _read_head(self):
+        """The next request head, or None when the client is done (EOF or idle timeout)."""
+        events = self.reader.parser.events
+        while events and events[0] is END:  # the end of a bodiless previous request
+            events.popleft()
+        if events:
+            return events.popleft()
+        self.idle = True
+        if self.proxy.draining:
+            return None
+        first = self.config.head_timeout if self.reader.received == 0 else self.config.keepalive_timeout
+        try:
+            self.reader.read_more(first)
+        except (socket.timeout, ConnectionGone):
+            return None
+        self.idle = False
+        deadline = time.monotonic() + self.config.head_timeout
+        while not events or events[0] is END:
+            if events:
+                events.popleft()
+                continue
+            try:
+                self.reader.read_more(max(0.0, deadline - time.monotonic()))
+            except socket.timeout:
+                raise ClientError(408, "request head not received in time") from None
+        return events.popleft()
+
+    # -- plain HTTP --------------------------------------------------------------
+
+    def _forward(self, exchange: Exchange, target) -> bool:
+        head = exchange.head
+        framing, _ = h.request_framing(head)
+        headers = h.end_to_end(head.headers)
+        if head.get(b"host") is None:
+            headers.append((b"Host", f"{target.host}:{target.port}".encode()))
+        out = h.serialize_request(head, headers, framing)
+        upstream, reused = self.proxy.pool.acquire(target.host, target.port)
+        if framing != h.NONE:
+            uploader = _Uploader(self.reader, upstream, framing == h.CHUNKED, self.config.keepalive_timeout)
+            return self._exchange(exchange, target, upstream, out, uploader)
+        try:
+            return self._exchange(exchange, target, upstream, out, None)
+        except _RetryFresh:
+            if not reused:
+                raise
+        # A pooled connection the upstream had closed: nothing was acted on, send again.
+        upstream = connect(target.host, target.port, self.config.connect_timeout)
+        return self._exchange(exchange, target, upstream, out, None)
+
+    def _exchange(self, exchange, target, upstream, out, uploader) -> bool:
+        """Send the request, relay the response; True if the client connection stays open."""
+        reusable = False
+        try:
+            send_upstream(upstream, out, target)
+            if uploader is not None:
+                uploader.start()
+            self._watch_client(upstream)
+            reusable, keep = self._relay_response(exchange, target, upstream)
+            if uploader is not None and not uploader.finished():
+                reusable = keep = False
+            return keep
+        finally:
+            self._unwatch_client()
+            if reusable:
+                self.proxy.pool.release(target.host, target.port, upstream)
+            else:
+                upstream.close()
+
+    def _relay_response(self, exchange, target, upstream):
+        """Relay the upstream's response; returns (upstream reusable, client keep-alive)."""
+        head = exchange.head
+        reader = MessageReader(upstream, ResponseParser(self.config.limits, _name(target)))
+        response = self._final_head(reader, target)
+        framing, length = h.response_framing(head.method, response)
+        client_11 = head.version == "1.1"
+        keep = head.keep_alive and not self.proxy.draining
+        chunked_out = False
+        extra = []
+        if framing in (h.CHUNKED, h.CLOSE):
+            chunked_out = client_11
+            keep = keep and client_11
+            if chunked_out:
+                extra.append((b"Transfer-Encoding", b"chunked"))
+        if not keep:
+            extra.append((b"Connection", b"close"))
+        elif not client_11:
+            extra.append((b"Connection", b"keep-alive"))
+        exchange.status = response.status
+        self.responding = True
+        send(self.sock, h.serialize_response(response, h.end_to_end(response.headers), extra))
+        exchange.sent = self._relay_body(reader, framing, length, chunked_out)
+        reusable = response.keep_alive and framing != h.CLOSE and not reader.parser.events
+        return reusable, keep
+
+    def _final_head(self, reader, target):
+        """Read the upstream's final response head, relaying 1xx interim ones."""
+        timeout = self.config.response_timeout
+        while True:
+            try:
+                response = reader.next_event(timeout)
+            except socket.timeout:
+                raise UpstreamError(
+                    f"upstream request error: {_name(target)} sent no response in time", status=504
+                ) from None
+            except ConnectionGone as gone:
+                if reader.received == 0:
+                    raise _RetryFresh(target, gone) from None
+                raise UpstreamError(
+                    f"upstream request error: {_name(target)} closed the connection: {gone}"
+                ) from None
+            if response.status >= 200 or response.status == 101:
+                return response
+            reader.next_event(timeout)  # the END of the interim response
+            send(self.sock, h.serialize_response(response, h.end_to_end(response.headers), []))
+
+    def _relay_body(self, reader, framing, length, chunked_out) -> int:
+        if framing == h.NONE:
+            return 0
+        if framing == h.CHUNKED:
+            return copy_events(reader, self.sock, chunked_out, None)
+        sent, ended = drain_queued_body(reader, self.sock, chunked_out)
+        if ended:
+            return sent
+        remaining = length - sent if framing == h.LENGTH else None
+        return sent + copy_raw(reader.sock, self.sock, remaining, chunked_out, None)
+
+    # -- upgrades and CONNECT ------------------------------------------------------
+
+    def _upgrade(self, exchange, target) -> bool:
+        head = exchange.head
+        headers = h.end_to_end(head.headers, keep=frozenset({b"upgrade"}))
+        out = h.serialize_request(head, headers, h.NONE, connection=b"Upgrade")
+        upstream = connect(target.host, target.port, self.config.connect_timeout)
+        try:
+            send_upstream(upstream, out, target)
+            reader = MessageReader(upstream, ResponseParser(self.config.limits, _name(target)))
+            response = self._final_head(reader, target)
+            if response.status != 101:
+                return self._refused_upgrade(exchange, reader, response)
+            exchange.status = 101
+            self.responding = True
+            keep = frozenset({b"upgrade"})
+            send(self.sock, h.serialize_response(response, h.end_to_end(response.headers, keep), [SWITCHING]))
+            self._tunnel(exchange, upstream, reader.parser.upgraded_rest or b"")
+            return False
+        finally:
+            upstream.close()
+
+    def _refused_upgrade(self, exchange, reader, response) -> bool:
+        """The upstream answered the upgrade with a normal response: relay it, then close."""
+        framing, length = h.response_framing(exchange.head.method, response)
+        exchange.status = response.status
+        self.responding = True
+        extra = [(b"Connection", b"close")]
+        if framing in (h.CHUNKED, h.CLOSE):
+            extra.append((b"Transfer-Encoding", b"chunked"))
+        send(self.sock, h.serialize_response(response, h.end_to_end(response.headers), extra))
+        exchange.sent = self._relay_body(reader, framing, length, framing in (h.CHUNKED, h.CLOSE))
+        return False
+
+    def _connect(self, exchange, target) -> bool:
+        upstream = connect(target.host, target.port, self.config.connect_timeout)
+        try:
+            exchange.status = 200
+            self.responding = True
+            send(self.sock, CONNECT_ESTABLISHED)
+            self._tunnel(exchange, upstream, b"")
+            return False
+        finally:
+            upstream.close()
+
+    def _tunnel(self, exchange, upstream, upstream_rest) -> None:
+        client_rest = self.reader.parser.upgraded_rest or b""
+        _, down = tunnel(self.sock, upstream, client_rest, upstream_rest, self.config.tunnel_idle_timeout)
+        exchange.sent = down
+
+    # -- client liveness while waiting on an upstream ------------------------------
+
+    def _watch_client(self, upstream) -> None:
+        """While the upstream works, notice a client that hangs up and abandon the upstream."""
+        if self._watch is None:
+            self._watch = gevent.get_hub().loop.io(self.sock.fileno(), 1)
+        self._watch.start(self._client_readable, upstream)
+
+    def _unwatch_client(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+
+    def _client_readable(self, upstream) -> None:
+        self._watch.stop()
+        if not _peer_closed(self.sock):
+            return  # pipelined bytes: they wait for their turn
+        try:
+            upstream.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # -- replies and logging -------------------------------------------------------
+
+    def _reply_error(self, exchange, error: ProxyError) -> None:
+        exchange.status = error.status
+        exchange.error = error.reason
+        if self.responding:
+            return  # bytes went out already: closing is the only honest signal left
+        try:
+            self.sock.sendall(render_error(error))
+        except OSError:
+            pass
+
+    def _access_log(self, exchange) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        head, target = exchange.head, exchange.target
+        fields = [
+            f"client={self.peer}",
+            f"method={head.method.decode('latin-1') if head else '-'}",
+            f"path={head.target.decode('latin-1') if head else '-'}",
+            f"port={target.port if target else '-'}",
+            f"upstream={target.host if target else '-'}",
+            f"status={exchange.status}",
+            f"bytes={exchange.sent}",
+            f"ms={(time.monotonic() - exchange.started) * 1000:.0f}",
+        ]
+        if exchange.error:
+            fields.append(f'error="{exchange.error}"')
+        log.info(" ".join(fields))
+
+
+class _RetryFresh(UpstreamError):
+    """The upstream connection died before any response byte: a pooled one may be retried."""
+
+    def __init__(self, target, cause):
+        super().__init__(f"upstream request error: {_name(target)} closed the connection: {cause}")
+
+
+class _Uploader:
+    """The request-body copy greenlet, paired with the handler that relays the response."""
+
+    __slots__ = ("reader", "upstream", "chunked", "timeout", "greenlet", "ok")
+
+    def __init__(self, reader, upstream, chunked, timeout):
+        self.reader, self.upstream, self.chunked, self.timeout = reader, upstream, chunked, timeout
+        self.greenlet = None
+        self.ok = False
+
+    def start(self):
+        self.greenlet = gevent.spawn(self._run)
+
+    def _run(self):
+        try:
+            copy_events(self.reader, self.upstream, self.chunked, self.timeout)
+            self.ok = True
+        except (ConnectionGone, ProxyError, OSError):
+            try:  # wake the handler: the exchange cannot complete
+                self.upstream.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def finished(self) -> bool:
+        """Whether the whole body went upstream; a still-running copy is stopped."""
+        if not self.greenlet.dead:
+            self.greenlet.kill(block=True)
+        return self.ok
+
+
+def send_upstream(upstream, data: bytes, target) -> None:
+    try:
+        upstream.sendall(data)
+    except OSError as exc:
+        raise _RetryFresh(target, exc) from None
+
+
+def _peer_closed(sock) -> bool:
+    try:
+        return sock._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _name(target) -> str:
+    return f"{target.host}:{target.port}"

@@ -1,0 +1,175 @@
+"""Message heads: the parsed types, hop-by-hop filtering, framing, serialisation.
+
+Pure functions over byte strings. Heads sent on are always rebuilt from the
+parsed fields, never copied from the peer's raw bytes, so only well-formed heads
+ever reach a dev server or a browser.
+"""
+
+from typing import FrozenSet, Iterable, List, Optional, Tuple
+
+from .errors import ClientError
+
+Header = Tuple[bytes, bytes]
+
+#: RFC 9110 7.6.1 connection-specific fields, plus the de-facto Proxy-Connection.
+HOP_BY_HOP: FrozenSet[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+    }
+)
+
+#: The routing headers are for the proxy alone and never forwarded.
+PORT_HEADER = b"x-cmux-port-internal"
+WORKSPACE_HEADER = b"x-cmux-workspace-internal"
+ROUTING_HEADERS: FrozenSet[bytes] = frozenset({PORT_HEADER, WORKSPACE_HEADER})
+
+# Framing kinds: how a body's end is known.
+NONE = "none"  # no body at all
+LENGTH = "length"  # Content-Length bytes
+CHUNKED = "chunked"  # chunked transfer coding, ends with a zero chunk
+CLOSE = "close"  # read until the peer closes (responses only)
+
+
+def tokens(value: Optional[bytes]) -> List[bytes]:
+    """Comma-separated tokens of a header value, lowercased ("keep-alive, Upgrade")."""
+    if not value:
+        return []
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+class _Head:
+    __slots__ = ("version", "headers", "keep_alive", "upgrade")
+
+    def get(self, lower_name: bytes) -> Optional[bytes]:
+        """The first value of a header, by lowercase name."""
+        for name, value in self.headers:
+            if name.lower() == lower_name:
+                return value
+        return None
+
+    def get_all(self, lower_name: bytes) -> List[bytes]:
+        return [v for n, v in self.headers if n.lower() == lower_name]
+
+
+class RequestHead(_Head):
+    """A request head as llhttp parsed it; `headers` keeps order, case and duplicates."""
+
+    __slots__ = ("method", "target")
+
+    def __init__(self, method, target, version, headers, keep_alive, upgrade):
+        self.method: bytes = method
+        self.target: bytes = target
+        self.version: str = version
+        self.headers: List[Header] = headers
+        self.keep_alive: bool = keep_alive
+        self.upgrade: bool = upgrade
+
+
+class ResponseHead(_Head):
+    """A response head as llhttp parsed it."""
+
+    __slots__ = ("status", "reason")
+
+    def __init__(self, status, reason, version, headers, keep_alive, upgrade):
+        self.status: int = status
+        self.reason: bytes = reason
+        self.version: str = version
+        self.headers: List[Header] = headers
+        self.keep_alive: bool = keep_alive
+        self.upgrade: bool = upgrade
+
+
+def check_request(head: RequestHead) -> None:
+    """Refuse what llhttp tolerates but a proxy in front of dev servers must not.
+
+    llhttp already rejects bare LF, CL with TE, differing Content-Lengths, bad
+    chunk sizes, control characters in values and space before the colon.
+    """
+    if head.version not in ("1.1", "1.0"):
+        raise ClientError(400, f"bad request: unsupported HTTP version {head.version}")
+    encodings = head.get_all(b"transfer-encoding")
+    if encodings and (len(encodings) > 1 or encodings[0].lower() != b"chunked"):
+        raise ClientError(400, "bad request: Transfer-Encoding other than chunked")
+    target = head.target
+    if head.method == b"CONNECT":
+        return
+    if target.startswith(b"/") or (target == b"*" and head.method == b"OPTIONS"):
+        return
+    raise ClientError(400, "bad request: request target must be a path")
+
+
+def request_framing(head: RequestHead) -> Tuple[str, int]:
+    """How the request body ends, from the headers llhttp validated."""
+    if head.get(b"transfer-encoding") is not None:
+        return CHUNKED, 0
+    length = head.get(b"content-length")
+    if length is not None and int(length) > 0:
+        return LENGTH, int(length)
+    return NONE, 0
+
+
+def response_framing(method: bytes, head: "ResponseHead") -> Tuple[str, int]:
+    """How a response body ends (RFC 9112 6.3), given the request's method."""
+    status = head.status
+    if method == b"HEAD" or status < 200 or status in (204, 304):
+        return NONE, 0
+    encoding = head.get(b"transfer-encoding")
+    if encoding is not None:
+        return (CHUNKED, 0) if tokens(encoding)[-1:] == [b"chunked"] else (CLOSE, 0)
+    length = head.get(b"content-length")
+    if length is not None:
+        return (LENGTH, int(length)) if int(length) else (NONE, 0)
+    return CLOSE, 0
+
+
+def end_to_end(headers: Iterable[Header], keep: FrozenSet[bytes] = frozenset()) -> List[Header]:
+    """`headers` without hop-by-hop fields, the fields Connection names, and routing fields.
+
+    Names in `keep` (lowercase) survive even if hop-by-hop (Upgrade, for upgrades).
+    """
+    dropped = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            dropped.update(tokens(value))
+    dropped.difference_update(keep)
+    dropped |= (HOP_BY_HOP | ROUTING_HEADERS) - keep
+    return [(n, v) for n, v in headers if n.lower() not in dropped]
+
+
+def _header_lines(headers: Iterable[Header]) -> bytes:
+    return b"".join([b"%s: %s\r\n" % pair for pair in headers])
+
+
+def serialize_request(
+    head: RequestHead, headers: List[Header], framing: str, connection: Optional[bytes] = None
+) -> bytes:
+    """The head sent upstream: always HTTP/1.1, keep-alive unless `connection` says otherwise."""
+    extra = []
+    if framing == CHUNKED:
+        extra.append((b"Transfer-Encoding", b"chunked"))
+    if connection:
+        extra.append((b"Connection", connection))
+    return b"%s %s HTTP/1.1\r\n%s%s\r\n" % (
+        head.method,
+        head.target,
+        _header_lines(headers),
+        _header_lines(extra),
+    )
+
+
+def serialize_response(head: ResponseHead, headers: List[Header], extra: List[Header]) -> bytes:
+    """The head sent to the client: upstream status and reason, filtered headers, then ours."""
+    return b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (
+        head.status,
+        head.reason,
+        _header_lines(headers),
+        _header_lines(extra),
+    )

@@ -1,0 +1,165 @@
+"""httptools (llhttp) turned into a queue of events: heads, body pieces, ends.
+
+The greenlet code feeds whatever bytes a socket gave it and then pops events in
+order, so a pipelined second request simply waits in the queue behind the first.
+Nothing here touches a socket. llhttp runs in its strict mode; the few things it
+tolerates that a proxy must not (see `head.check_request`) are refused on top.
+"""
+
+from collections import deque
+from typing import Deque, List, Optional, Tuple, Union
+
+import httptools
+
+from .errors import ClientError, ProxyError, UpstreamError
+from .head import Header, RequestHead, ResponseHead
+
+BODY = "body"
+END = "end"
+
+
+class Limits:
+    """Size limits on a request head; the defaults are the documented ones."""
+
+    __slots__ = ("max_head_bytes", "max_headers", "max_request_line")
+
+    def __init__(self, max_head_bytes=64 * 1024, max_headers=100, max_request_line=8 * 1024):
+        self.max_head_bytes = max_head_bytes
+        self.max_headers = max_headers
+        self.max_request_line = max_request_line
+
+
+Event = Union[RequestHead, ResponseHead, Tuple[str, bytes], str]
+
+
+class _EventParser:
+    """Shared callback plumbing; subclasses build their head type."""
+
+    parser_class = None
+
+    def __init__(self, limits: Limits):
+        self.events: Deque[Event] = deque()
+        self.limits = limits
+        self.upgraded_rest: Optional[bytes] = None
+        self.messages_begun = 0
+        self._parser = self.parser_class(self)
+        self._awaiting_head = True  # bytes fed now count against max_head_bytes
+        self._head_bytes = 0
+        self._headers_done = False  # headers seen after this are chunked trailers
+        self._headers: List[Header] = []
+
+    # -- feeding -------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Parse `data`, queueing events; raise a ProxyError for a malformed message.
+
+        After an upgrade (101 or CONNECT/Upgrade request) the bytes past the head
+        are kept in `upgraded_rest` and nothing more should be fed.
+        """
+        if self._awaiting_head:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self.upgraded_rest = data[upgrade.args[0] :]
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, ProxyError):
+                raise cause from None
+            raise
+        except httptools.HttpParserError as exc:
+            raise self.malformed(str(exc)) from None
+        if self._awaiting_head and self._head_bytes > self.limits.max_head_bytes:
+            raise self.oversized("request header fields too large")
+
+    def malformed(self, why: str) -> ProxyError:
+        raise NotImplementedError
+
+    def oversized(self, why: str) -> ProxyError:
+        return self.malformed(why)
+
+    # -- httptools callbacks ---------------------------------------------------
+
+    def on_message_begin(self):
+        self.messages_begun += 1
+        self._headers_done = False
+        self._headers = []
+
+    def on_header(self, name: bytes, value: bytes):
+        if self._headers_done:
+            return  # chunked trailers: dropped, never forwarded
+        headers = self._headers
+        headers.append((name, value))
+        if len(headers) > self.limits.max_headers:
+            raise self.oversized("too many header fields")
+
+    def on_headers_complete(self):
+        self._headers_done = True
+        self._awaiting_head = False
+        self._head_bytes = 0
+        self.events.append(self.build_head(self._headers))
+
+    def on_body(self, body: bytes):
+        self.events.append((BODY, body))
+
+    def on_message_complete(self):
+        self._awaiting_head = True
+        self.events.append(END)
+
+    def build_head(self, headers: List[Header]):
+        raise NotImplementedError
+
+
+class RequestParser(_EventParser):
+    """A client connection's parser: one for the connection's whole life."""
+
+    parser_class = httptools.HttpRequestParser
+
+    def on_message_begin(self):
+        super().on_message_begin()
+        self._url = b""
+
+    def on_url(self, url: bytes):
+        self._url += url
+        if len(self._url) > self.limits.max_request_line:
+            raise ClientError(414, "request line too long")
+
+    def build_head(self, headers):
+        p = self._parser
+        return RequestHead(
+            p.get_method(), self._url, p.get_http_version(), headers,
+            p.should_keep_alive(), p.should_upgrade(),
+        )
+
+    def malformed(self, why):
+        return ClientError(400, f"bad request: {why}")
+
+    def oversized(self, why):
+        return ClientError(431, why)
+
+
+class ResponseParser(_EventParser):
+    """Parses one upstream response (and any 1xx interim responses before it)."""
+
+    parser_class = httptools.HttpResponseParser
+
+    def __init__(self, limits: Limits, upstream: str):
+        super().__init__(limits)
+        self.upstream = upstream
+
+    def on_message_begin(self):
+        super().on_message_begin()
+        self._reason = b""
+
+    def on_status(self, reason: bytes):
+        self._reason += reason
+
+    def build_head(self, headers):
+        p = self._parser
+        return ResponseHead(
+            p.get_status_code(), self._reason, p.get_http_version(), headers,
+            p.should_keep_alive(), p.should_upgrade(),
+        )
+
+    def malformed(self, why):
+        return UpstreamError(f"upstream request error: malformed response from {self.upstream}: {why}")

@@ -1,0 +1,105 @@
+"""Upstream keep-alive connections, pooled per (host, port).
+
+A pooled connection is only handed out if it is younger than POOL_IDLE_SECONDS
+and has nothing to read: an upstream that closed it (EOF) or wrote to it
+unprompted is discarded here rather than discovered by a request.
+"""
+
+import errno
+import socket as _stdsocket
+import time
+
+import gevent
+from gevent import socket
+
+from .errors import UpstreamError
+
+POOL_IDLE_SECONDS = 4.0  # Node dev servers drop idle sockets at 5 s
+POOL_MAX_IDLE_PER_HOST = 8  # as cmux-proxy (hyper's pool_max_idle_per_host)
+
+
+def _quiet(sock) -> bool:
+    """True if `sock` is still open and has nothing unread (a non-blocking peek)."""
+    try:
+        sock._sock.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False  # EOF (b"") or bytes nobody asked for: either way, unusable
+
+
+def connect(host: str, port: int, timeout: float):
+    """A new TCP connection to the upstream, or an UpstreamError naming it."""
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except socket.timeout:
+        raise UpstreamError(
+            f"upstream request error: connect to {host}:{port} timed out", status=504
+        ) from None
+    except OSError as exc:
+        reason = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+        detail = exc.strerror or str(exc)
+        raise UpstreamError(
+            f"upstream request error: connect to {host}:{port} failed: {detail}"
+            + (f" ({reason})" if reason else "")
+        ) from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+class UpstreamPool:
+    """Idle upstream connections, newest first, with expiry and a liveness check."""
+
+    def __init__(self, connect_timeout: float):
+        self.connect_timeout = connect_timeout
+        self._idle = {}
+        self._sweeper = None
+
+    def acquire(self, host: str, port: int):
+        """(socket, reused): a live pooled connection if there is one, else a new one."""
+        idle = self._idle.get((host, port))
+        now = time.monotonic()
+        while idle:
+            sock, since = idle.pop()
+            if now - since < POOL_IDLE_SECONDS and _quiet(sock):
+                return sock, True
+            sock.close()
+        return connect(host, port, self.connect_timeout), False
+
+    def release(self, host: str, port: int, sock) -> None:
+        """Keep `sock` for the next request to host:port (it must be between messages)."""
+        idle = self._idle.setdefault((host, port), [])
+        if len(idle) >= POOL_MAX_IDLE_PER_HOST:
+            sock.close()
+            return
+        idle.append((sock, time.monotonic()))
+        if self._sweeper is None:
+            self._sweeper = gevent.spawn_later(POOL_IDLE_SECONDS, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close expired connections so upstreams never see us hold them past their timeout."""
+        self._sweeper = None
+        deadline = time.monotonic() - POOL_IDLE_SECONDS
+        for key, idle in list(self._idle.items()):
+            keep = []
+            for sock, since in idle:
+                if since > deadline:
+                    keep.append((sock, since))
+                else:
+                    sock.close()
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        if self._idle:
+            self._sweeper = gevent.spawn_later(1.0, self._sweep)
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for sock, _ in idle:
+                sock.close()
+        self._idle.clear()
+
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())

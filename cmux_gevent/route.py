@@ -1,0 +1,130 @@
+"""Choosing the upstream for a request, exactly as cmux-proxy does, plus policy.
+
+`route(head, config)` returns a Target or raises a ProxyError whose reason is the
+text the client sees. Pure: no sockets, no DNS.
+"""
+
+import ipaddress
+from typing import Optional, Tuple
+
+from .errors import ClientError
+from .head import PORT_HEADER, WORKSPACE_HEADER, RequestHead
+from .workspace import InvalidWorkspace, workspace_ip
+
+LOCALHOST_SUFFIX = ".localhost"
+POLICY_HEADERS = ((b"X-Cmux-Error", b"blocked-by-policy"),)
+
+
+class Target:
+    """Where a request goes: upstream `host`:`port`, and the workspace that chose host."""
+
+    __slots__ = ("host", "port", "workspace")
+
+    def __init__(self, host: str, port: int, workspace: Optional[str]):
+        self.host = host
+        self.port = port
+        self.workspace = workspace
+
+    def __repr__(self):
+        return f"Target({self.host}:{self.port}, workspace={self.workspace!r})"
+
+
+def _text(value: bytes) -> str:
+    try:
+        return value.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ClientError(400, "invalid header value (not UTF-8)") from None
+
+
+def parse_port(text: str) -> Optional[int]:
+    """A TCP port 1..65535 written in ASCII digits, or None."""
+    if not text.isascii() or not text.isdigit():
+        return None
+    port = int(text)
+    return port if 0 < port < 65536 else None
+
+
+def host_route(host: Optional[bytes]) -> Tuple[Optional[str], Optional[int]]:
+    """(workspace, port) from `Host: <workspace>-<port>.localhost[:p]`, else (None, None)."""
+    if not host:
+        return None, None
+    try:
+        name = host.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None, None
+    if not name.startswith("["):
+        name = name.rsplit(":", 1)[0] if ":" in name else name
+    if not name.lower().endswith(LOCALHOST_SUFFIX):
+        return None, None
+    workspace, sep, port_text = name[: -len(LOCALHOST_SUFFIX)].rpartition("-")
+    port = parse_port(port_text)
+    if not sep or not workspace or port is None:
+        return None, None
+    return workspace, port
+
+
+def _port(head: RequestHead, host_port: Optional[int]) -> int:
+    raw = head.get(PORT_HEADER)
+    if raw is None:
+        if host_port is None:
+            raise ClientError(400, "missing required header: X-Cmux-Port-Internal")
+        return host_port
+    text = _text(raw)
+    if not text:
+        raise ClientError(400, "header value cannot be empty")
+    port = parse_port(text)
+    if port is None:
+        raise ClientError(400, "invalid port in X-Cmux-Port-Internal")
+    return port
+
+
+def _workspace(head: RequestHead, host_workspace: Optional[str]) -> Optional[str]:
+    raw = head.get(WORKSPACE_HEADER)
+    if raw is None:
+        return host_workspace
+    text = _text(raw)
+    if not text:
+        raise ClientError(400, "X-Cmux-Workspace-Internal cannot be empty")
+    return text
+
+
+def route(head: RequestHead, config) -> Target:
+    """The upstream for `head`: headers first, the Host route for what they leave out."""
+    host_workspace, host_port = host_route(head.get(b"host"))
+    port = _port(head, host_port)
+    workspace = _workspace(head, host_workspace)
+    if workspace is None:
+        host = config.upstream_host
+    else:
+        try:
+            host = workspace_ip(workspace)
+        except InvalidWorkspace:
+            raise ClientError(400, f"invalid workspace name: {workspace}") from None
+    target = Target(host, port, workspace)
+    check_policy(target, config)
+    return target
+
+
+def check_policy(target: Target, config) -> None:
+    """Refuse ports outside the allow/deny policy and requests that would loop back to us."""
+    if not config.port_allowed(target.port):
+        raise ClientError(403, f"port {target.port} blocked by policy", POLICY_HEADERS)
+    if is_own_listener(target.host, target.port, config.listen):
+        raise ClientError(508, "routing loop")
+
+
+def is_own_listener(host: str, port: int, listen) -> bool:
+    """Whether `host`:`port` reaches one of our own listen sockets."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    for listen_host, listen_port in listen:
+        if listen_port != port:
+            continue
+        bound = ipaddress.ip_address(listen_host)
+        if bound == address or (bound.is_unspecified and bound.version == address.version):
+            return True
+        if bound.is_unspecified and address.is_loopback:
+            return True
+    return False
