@@ -89,12 +89,21 @@ def run(workspace: str, argv) -> int:
     SIGINT and SIGTERM received meanwhile are forwarded to the child (when
     called from the main thread, where Python can install handlers). A child
     killed by a signal yields 128 + signal; a command that cannot be started
-    yields 127 (not found) or 126 (not executable), as in a shell.
+    yields 127 (not found) or 126 (not executable), as in a shell. An invalid
+    workspace name yields 2 and a missing shim 1, each with a message on
+    stderr: the command is never run unisolated.
     """
     argv = list(argv)
     if not argv:
         raise ValueError("no command given")
-    env = workspace_env(workspace)
+    try:
+        env = workspace_env(workspace)
+    except FileNotFoundError as exc:
+        print(f"cmux-gevent: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # InvalidWorkspace, empty name
+        print(f"cmux-gevent: {exc}", file=sys.stderr)
+        return 2
     child = {"proc": None, "pending": []}
 
     def forward(signum, _frame):

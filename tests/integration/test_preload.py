@@ -1109,6 +1109,10 @@ def test_run_exit_codes_and_environment(shim, monkeypatch, tmp_path):
         == 128 + signal.SIGKILL
     )
     assert preload.run("workspace-4172", [str(tmp_path / "no-such-command")]) == 127
+    # An invalid workspace never runs the command (it would run unisolated).
+    marker = tmp_path / "ran"
+    assert preload.run("workspace-4294967296", ["touch", str(marker)]) == 2
+    assert not marker.exists()
     out = tmp_path / "out.txt"
     code = (
         "import os, socket, sys\n"
