@@ -12,6 +12,7 @@ other test suites that use workspace-1, workspace-2, ... concurrently.
 import concurrent.futures
 import errno
 import http.client
+import json
 import os
 import random
 import shutil
@@ -766,8 +767,6 @@ def test_getaddrinfo_matches_glibc_for_the_workspace_address(shim):
         assert r.returncode == 0, r.stderr
         return r.stdout
 
-    import json
-
     shimmed = json.loads(run(shim_env(shim, ws), "localhost", "localhost"))
     reference = json.loads(run(base_env(), ip, f"::ffff:{ip}"))
     assert shimmed == reference
@@ -822,8 +821,6 @@ print(json.dumps({
         timeout=20,
     )
     assert r.returncode == 0, r.stderr
-    import json
-
     got = json.loads(r.stdout)
     for key in (
         "localhost",
