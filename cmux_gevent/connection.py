@@ -17,7 +17,7 @@ from .body import (
 from .errors import ClientError, ProxyError, UpstreamError, render_error
 from .parser import END, RequestParser, ResponseParser
 from .pool import connect
-from .relay import tunnel
+from .relay import Tunnel
 from .route import route
 
 log = logging.getLogger("cmux_gevent.access")
@@ -50,6 +50,7 @@ class ClientConnection:
         self.reader = MessageReader(sock, RequestParser(proxy.config.limits))
         self.idle = True  # waiting for a request: a draining server may close us at once
         self.responding = False  # some response bytes went out: errors can only close
+        self.tunnel = None  # set when the connection became a WebSocket/CONNECT tunnel
         self._watch = None
 
     # -- the loop ----------------------------------------------------------------
@@ -66,10 +67,13 @@ class ClientConnection:
         finally:
             if self._watch is not None:
                 self._watch.close()
-            sock.close()
+            sock.close()  # a no-op once a tunnel has taken the descriptor
 
     def close_now(self) -> None:
         """End this connection from outside (drain): its greenlet sees EOF and returns."""
+        if self.tunnel is not None:
+            self.tunnel.close()
+            return
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -103,7 +107,8 @@ class ClientConnection:
             exchange.error = str(gone)
             return False
         finally:
-            self._access_log(exchange)
+            if self.tunnel is None:  # a tunnel logs its exchange when it closes
+                self._access_log(exchange)
 
     def _read_head(self):
         """The next request head, or None when the client is done (EOF or idle timeout)."""
@@ -277,9 +282,20 @@ class ClientConnection:
             upstream.close()
 
     def _tunnel(self, exchange, upstream, upstream_rest) -> None:
+        """Hand both sockets to a Tunnel: this greenlet ends, the tunnel lives on watchers."""
         client_rest = self.reader.parser.upgraded_rest or b""
-        _, down = tunnel(self.sock, upstream, client_rest, upstream_rest, self.config.tunnel_idle_timeout)
-        exchange.sent = down
+
+        def closed(_up: int, down: int) -> None:
+            exchange.sent = down
+            self._access_log(exchange)
+            self.proxy.release(self)
+
+        self._unwatch_client()
+        self.tunnel = Tunnel(
+            self.sock.detach(), upstream.detach(), client_rest, upstream_rest,
+            self.config.tunnel_idle_timeout, closed,
+        )
+        self.tunnel.start()
 
     # -- client liveness while waiting on an upstream ------------------------------
 

@@ -1,57 +1,252 @@
-"""Byte tunnels for WebSocket upgrades and CONNECT: two directions, half-close honoured.
+"""Byte tunnels (WebSocket, CONNECT) and bulk copies, with splice(2) once data flows.
 
-Each direction is a copy greenlet. EOF on one side becomes shutdown(SHUT_WR) on
-the other while the reverse direction keeps flowing; the tunnel ends when both
-directions have ended, or at once when either side errors.
+A tunnel costs almost nothing while idle: each direction is just a read watcher
+on its source. When bytes arrive the watcher spawns that direction's copy
+greenlet, which moves data (blocking-style on backpressure) until the source
+would block, then re-arms the watcher and ends. So while data flows the shape is
+the classic pair of copy greenlets; while idle there are none. EOF on one side
+becomes shutdown(SHUT_WR) on the other and the reverse direction goes on; the
+tunnel closes when both directions have ended, or at once on an error.
+
+A direction that has moved SPLICE_AFTER bytes switches from recv/send to
+splice(2) through a pooled pipe: the bytes never enter Python.
 """
 
+import fcntl
+import os
+import time
+
+import _socket
 import gevent
-from gevent import socket
+from gevent import get_hub
 
-from .body import READ_SIZE
+READ_SIZE = 64 * 1024  # small reads until a transfer proves large
+SPLICE_AFTER = 1 << 20
+SPLICE_CHUNK = 1 << 20
+PIPE_SIZE = 1 << 20
+_splice = getattr(os, "splice", None)
+_SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if _splice else 0
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+READ, WRITE = 1, 2
 
 
-def _pump(src, dst, first: bytes, idle_timeout):
-    """Copy src → dst until EOF, starting with `first`; returns (bytes copied, clean end)."""
-    copied = 0
+class _Pipes:
+    """A free list of empty pipes for splice: creating one per transfer costs two syscalls."""
+
+    def __init__(self, keep: int = 16):
+        self.free = []
+        self.keep = keep
+
+    def get(self):
+        if self.free:
+            return self.free.pop()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # capped by /proc/sys/fs/pipe-max-size: the default size still works
+        return r, w
+
+    def put(self, pipe, empty: bool) -> None:
+        if empty and len(self.free) < self.keep:
+            self.free.append(pipe)
+        else:
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+
+PIPES = _Pipes()
+
+
+def _wait(fd: int, event: int) -> None:
+    watcher = get_hub().loop.io(fd, event)
     try:
-        if first:
-            dst.sendall(first)
-            copied += len(first)
-        src.settimeout(idle_timeout)
-        recv, sendall = src.recv, dst.sendall
-        while True:
-            data = recv(READ_SIZE)
-            if not data:
-                break
-            sendall(data)
-            copied += len(data)
-        dst.shutdown(socket.SHUT_WR)
-    except OSError:  # reset, broken pipe, idle timeout: the tunnel is over
-        return copied, False
-    return copied, True
-
-
-def tunnel(client, upstream, client_rest: bytes = b"", upstream_rest: bytes = b"",
-           idle_timeout=None):
-    """Relay bytes both ways; returns (bytes client→upstream, bytes upstream→client).
-
-    `client_rest`/`upstream_rest` are bytes already read past each side's head:
-    they go first, so nothing read early is lost. `idle_timeout` (seconds or None)
-    closes a direction that stays silent that long.
-    """
-    up = gevent.spawn(_pump, client, upstream, client_rest, idle_timeout)
-    down = gevent.spawn(_pump, upstream, client, upstream_rest, idle_timeout)
-    try:
-        for finished in gevent.iwait((up, down)):
-            if not finished.value[1]:
-                break
+        get_hub().wait(watcher)
     finally:
-        for greenlet in (up, down):
-            if not greenlet.dead:
-                greenlet.kill(block=True)
-    return _copied(up), _copied(down)
+        watcher.close()
 
 
-def _copied(greenlet) -> int:
-    return greenlet.value[0] if isinstance(greenlet.value, tuple) else 0
+def send_all(fd: int, sock, data) -> None:
+    """Write all of `data` to a non-blocking socket, parking the greenlet on backpressure."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except BlockingIOError:
+            _wait(fd, WRITE)
+
+
+def splice_some(src: int, dst: int, pipe, limit: int) -> int:
+    """Move up to `limit` bytes src → pipe → dst; 0 at EOF, -1 if src has nothing now."""
+    try:
+        moved = _splice(src, pipe[1], limit, flags=_SPLICE_FLAGS)
+    except BlockingIOError:
+        return -1
+    left = moved
+    while left:
+        try:
+            left -= _splice(pipe[0], dst, left, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            _wait(dst, WRITE)
+    return moved
+
+
+def copy_exact(src_sock, dst_sock, remaining):
+    """Move `remaining` bytes (None: until EOF) between gevent sockets; returns bytes moved.
+
+    Uses splice when available; a source that ends early stops the copy short,
+    and the caller compares the count with what it expected.
+    """
+    src, dst = src_sock.fileno(), dst_sock.fileno()
+    pipe = PIPES.get()
+    moved = 0
+    clean = False
+    try:
+        while remaining is None or moved < remaining:
+            limit = SPLICE_CHUNK if remaining is None else min(SPLICE_CHUNK, remaining - moved)
+            got = splice_some(src, dst, pipe, limit)
+            if got == 0:
+                break
+            if got < 0:
+                _wait(src, READ)
+                continue
+            moved += got
+        clean = True
+    finally:
+        PIPES.put(pipe, empty=clean)
+    return moved
+
+
+can_splice = _splice is not None
+
+
+class _Direction:
+    """One direction of a tunnel: a read watcher while idle, a copy greenlet while busy."""
+
+    __slots__ = ("tunnel", "src", "dst", "pending", "watcher", "greenlet", "moved", "pipe", "done")
+
+    def __init__(self, tunnel, src, dst, pending: bytes):
+        self.tunnel = tunnel
+        self.src, self.dst = src, dst
+        self.pending = pending
+        self.watcher = get_hub().loop.io(src.fileno(), READ)
+        self.greenlet = None
+        self.moved = 0
+        self.pipe = None
+        self.done = False
+
+    def start(self) -> None:
+        if self.pending:
+            self._wake()
+        else:
+            self.watcher.start(self._wake)
+
+    def _wake(self) -> None:
+        self.watcher.stop()
+        self.greenlet = gevent.spawn(self._burst)
+
+    def _burst(self) -> None:
+        """Copy until the source would block (re-arm) or ends (half-close)."""
+        try:
+            if self.pending:
+                send_all(self.dst.fileno(), self.dst, self.pending)
+                self.moved += len(self.pending)
+                self.pending = b""
+            while True:
+                got = self._move()
+                if got < 0:
+                    self.greenlet = None
+                    self.watcher.start(self._wake)
+                    return
+                if got == 0:
+                    self.greenlet = None
+                    self._eof()
+                    return
+                self.moved += got
+                self.tunnel.last_active = time.monotonic()
+        except OSError:
+            self.greenlet = None
+            self.tunnel.close()
+
+    def _move(self) -> int:
+        src, dst = self.src, self.dst
+        if self.pipe is None and can_splice and self.moved >= SPLICE_AFTER:
+            self.pipe = PIPES.get()
+        if self.pipe is not None:
+            return splice_some(src.fileno(), dst.fileno(), self.pipe, SPLICE_CHUNK)
+        try:
+            data = src.recv(READ_SIZE)
+        except BlockingIOError:
+            return -1
+        if data:
+            send_all(dst.fileno(), dst, data)
+        return len(data)
+
+    def _eof(self) -> None:
+        self.done = True
+        try:
+            self.dst.shutdown(_socket.SHUT_WR)
+        except OSError:
+            pass
+        self.tunnel.direction_done()
+
+    def stop(self) -> None:
+        self.watcher.close()
+        if self.greenlet is not None:
+            self.greenlet.kill(block=False)
+            self.greenlet = None
+        if self.pipe is not None:
+            PIPES.put(self.pipe, empty=False)
+            self.pipe = None
+
+
+class Tunnel:
+    """Relays bytes between two sockets it owns until both directions end.
+
+    `on_close(up_bytes, down_bytes)` runs once, after both sockets are closed.
+    """
+
+    __slots__ = ("sockets", "up", "down", "on_close", "timer", "idle_timeout", "last_active", "closed")
+
+    def __init__(self, client_fd: int, upstream_fd: int, client_rest: bytes, upstream_rest: bytes,
+                 idle_timeout, on_close):
+        client = _socket.socket(fileno=client_fd)
+        upstream = _socket.socket(fileno=upstream_fd)
+        client.setblocking(False)
+        upstream.setblocking(False)
+        self.sockets = (client, upstream)
+        self.up = _Direction(self, client, upstream, client_rest)
+        self.down = _Direction(self, upstream, client, upstream_rest)
+        self.on_close = on_close
+        self.idle_timeout = idle_timeout
+        self.last_active = time.monotonic()
+        self.closed = False
+        self.timer = None
+        if idle_timeout:
+            self.timer = get_hub().loop.timer(idle_timeout, idle_timeout)
+            self.timer.start(self._check_idle)
+
+    def start(self) -> None:
+        self.up.start()
+        self.down.start()
+
+    def direction_done(self) -> None:
+        if self.up.done and self.down.done:
+            self.close()
+
+    def _check_idle(self) -> None:
+        if time.monotonic() - self.last_active >= self.idle_timeout:
+            self.close()
+
+    def close(self) -> None:
+        """Tear down both directions and sockets (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.timer is not None:
+            self.timer.close()
+        self.up.stop()
+        self.down.stop()
+        for sock in self.sockets:
+            sock.close()
+        self.on_close(self.up.moved, self.down.moved)

@@ -40,19 +40,36 @@ class Proxy:
         self.draining = False
         self.idle_now = Event()  # set whenever no connection is open
         self.idle_now.set()
+        self.listeners = []
+
+    def full(self) -> bool:
+        return len(self.connections) >= self.config.max_connections
+
+    def register(self, conn) -> None:
+        self.connections.add(conn)
+        self.idle_now.clear()
+
+    def release(self, conn) -> None:
+        """A connection ended (its greenlet, or the tunnel it became): free its slot."""
+        was_full = self.full()
+        self.connections.discard(conn)
+        if not self.connections:
+            self.idle_now.set()
+        if was_full and not self.draining:
+            for listener in self.listeners:
+                listener._start_accepting_if_started()
 
 
 class Listener(StreamServer):
     """A StreamServer that backs off on fd exhaustion and counts connections against a cap."""
 
-    def __init__(self, sock, proxy: Proxy, listeners):
+    def __init__(self, sock, proxy: Proxy):
         super().__init__(sock, self._handle)
         self.proxy = proxy
-        self._siblings = listeners
         self._pressure_logged = False
 
     def full(self) -> bool:  # consulted by gevent before each accept
-        return len(self.proxy.connections) >= self.proxy.config.max_connections
+        return self.proxy.full()
 
     def do_read(self):
         try:
@@ -77,19 +94,13 @@ class Listener(StreamServer):
     def _handle(self, sock, address) -> None:
         proxy = self.proxy
         conn = ClientConnection(sock, address, proxy)
-        proxy.connections.add(conn)
-        proxy.idle_now.clear()
+        proxy.register(conn)
+        self._pressure_logged = False
         try:
             conn.serve()
         finally:
-            was_full = len(proxy.connections) >= proxy.config.max_connections
-            proxy.connections.discard(conn)
-            self._pressure_logged = False
-            if not proxy.connections:
-                proxy.idle_now.set()
-            if was_full and not proxy.draining:
-                for listener in self._siblings:
-                    listener._start_accepting_if_started()
+            if conn.tunnel is None:  # a tunnel releases its slot when it closes
+                proxy.release(conn)
 
 
 def bind(address: Address, reuse_port: bool = False):
@@ -130,9 +141,9 @@ class ProxyServer:
 
     def __init__(self, config: Config, sockets):
         self.proxy = Proxy(config)
-        self.listeners = []
+        self.listeners = self.proxy.listeners
         for sock in sockets:
-            self.listeners.append(Listener(sock, self.proxy, self.listeners))
+            self.listeners.append(Listener(sock, self.proxy))
         self._stopped = Event()
         self._stopping = False
 
