@@ -66,11 +66,19 @@ def main(argv=None) -> int:
     if args["ip"]:
         return _print_ip(args["WORKSPACE"])
     if args["preload-path"]:
-        from .preload import library_path
-
-        print(library_path())
-        return 0
+        return _print_preload_path()
     return serve(args)
+
+
+def _print_preload_path() -> int:
+    from .preload import library_path
+
+    try:
+        print(library_path())
+    except FileNotFoundError as exc:
+        print(f"cmux-gevent: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _print_ip(name: str) -> int:
