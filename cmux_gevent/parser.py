@@ -47,6 +47,7 @@ class _EventParser:
         self._head_bytes = 0
         self._headers_done = False  # headers seen after this are chunked trailers
         self._headers: List[Header] = []
+        self._fields_bytes = 0  # target/reason + header lines: the head's size, however chunked
 
     # -- feeding -------------------------------------------------------------
 
@@ -84,16 +85,22 @@ class _EventParser:
         self.messages_begun += 1
         self._headers_done = False
         self._headers = []
+        self._fields_bytes = 0
 
     def on_header(self, name: bytes, value: bytes):
         if self._headers_done:
             return  # chunked trailers: dropped, never forwarded
         headers = self._headers
         headers.append((name, value))
+        self._fields_bytes += len(name) + len(value) + 4  # "name: value\r\n"
         if len(headers) > self.limits.max_headers:
             raise self.oversized("too many header fields")
 
     def on_headers_complete(self):
+        # `feed` only bounds a head still incomplete; one that completed inside a
+        # single large read is measured here, so the limit holds for any chunking.
+        if self._fields_bytes > self.limits.max_head_bytes:
+            raise self.oversized("request header fields too large")
         self._headers_done = True
         self._awaiting_head = False
         self._head_bytes = 0
@@ -121,6 +128,7 @@ class RequestParser(_EventParser):
 
     def on_url(self, url: bytes):
         self._url += url
+        self._fields_bytes += len(url)
         if len(self._url) > self.limits.max_request_line:
             raise ClientError(414, "request line too long")
 
@@ -153,6 +161,7 @@ class ResponseParser(_EventParser):
 
     def on_status(self, reason: bytes):
         self._reason += reason
+        self._fields_bytes += len(reason)
 
     def build_head(self, headers):
         p = self._parser
