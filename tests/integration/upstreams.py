@@ -55,7 +55,7 @@ class Wire:
     def __init__(self, sock, timeout=TIMEOUT):
         self.sock = sock
         sock.settimeout(timeout)
-        self.buf = b""
+        self.buf = bytearray()  # deleting a prefix is cheap: 50 MB bodies stay linear
 
     @classmethod
     def connect(cls, port, host="127.0.0.1", timeout=TIMEOUT):
@@ -69,25 +69,27 @@ class Wire:
         self.buf += data
         return bool(data)
 
+    def _take(self, n: int) -> bytes:
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
     def read_until(self, marker: bytes) -> bytes:
-        while marker not in self.buf:
+        while (at := self.buf.find(marker)) < 0:
             if not self._more():
-                raise EOFError(f"EOF before {marker!r}; have {self.buf[:200]!r}")
-        data, _, self.buf = self.buf.partition(marker)
-        return data + marker
+                raise EOFError(f"EOF before {marker!r}; have {bytes(self.buf[:200])!r}")
+        return self._take(at + len(marker))
 
     def read_exact(self, n: int) -> bytes:
         while len(self.buf) < n:
             if not self._more():
                 raise EOFError(f"EOF after {len(self.buf)} of {n} bytes")
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
+        return self._take(n)
 
     def read_to_eof(self) -> bytes:
         while self._more():
             pass
-        data, self.buf = self.buf, b""
-        return data
+        return self._take(len(self.buf))
 
     def at_eof(self) -> bool:
         """True if the peer closed with nothing left unread (waits up to the timeout)."""
@@ -103,15 +105,21 @@ class Wire:
         headers = [tuple(p.strip() for p in line.split(b":", 1)) for line in lines[1:]]
         return Message([p.decode("latin-1") for p in start], headers, raw)
 
+    def read_chunk(self) -> bytes:
+        """One chunk's data; b"" for the last chunk (trailers are not expected)."""
+        size = int(self.read_until(b"\r\n").split(b";")[0], 16)
+        if size == 0:
+            self.read_until(b"\r\n")
+            return b""
+        data = self.read_exact(size)
+        assert self.read_exact(2) == b"\r\n"
+        return data
+
     def read_chunked(self) -> bytes:
-        body = b""
-        while True:
-            size = int(self.read_until(b"\r\n").split(b";")[0], 16)
-            if size == 0:
-                self.read_until(b"\r\n")  # no trailers from our peers
-                return body
-            body += self.read_exact(size)
-            assert self.read_exact(2) == b"\r\n"
+        pieces = []
+        while piece := self.read_chunk():
+            pieces.append(piece)
+        return b"".join(pieces)
 
     def read_body(self, msg, until_close_allowed: bool) -> bytes:
         if (msg.get("transfer-encoding") or "").lower() == "chunked":
@@ -174,7 +182,10 @@ class Upstream:
             conn.close()
 
     def close(self):
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
         self.listener.close()
+        self._thread.join(TIMEOUT)
         with self.lock:
             for conn in self._conns:
                 with contextlib.suppress(OSError):
@@ -193,9 +204,12 @@ def http_server(respond):
 
     def handler(wire, upstream):
         while True:
-            req = wire.read_request()
+            req = wire.read_head()
             if req is None:
                 return
+            if (req.get("expect") or "").lower() == "100-continue":
+                wire.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            req.body = wire.read_body(req, until_close_allowed=False)
             with upstream.lock:
                 upstream.requests.append(req)
             respond(req, wire, upstream)
@@ -212,7 +226,7 @@ def response(status=200, headers=(), body=b"", reason="OK") -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def _describe(req, wire, upstream):
+def describe(req, wire, upstream):
     """The echo upstream's answer: who answered, and exactly what it received."""
     info = {
         "server": upstream.name,
@@ -228,7 +242,7 @@ def _describe(req, wire, upstream):
     wire.send(response(200, [("Content-Type", "application/json")], body))
 
 
-echo_http = http_server(_describe)
+echo_http = http_server(describe)
 
 
 def tcp_echo(wire, upstream):
@@ -248,7 +262,7 @@ def raw_upgrade_echo(wire, upstream):
     proto = req.get("upgrade")
     wire.send(response(101, [("Connection", "Upgrade"), ("Upgrade", proto)], reason="Switching"))
     if wire.buf:
-        wire.send(wire.buf)
+        wire.send(wire.read_exact(len(wire.buf)))
     tcp_echo(wire, upstream)
 
 
