@@ -98,12 +98,32 @@ def check_request(head: RequestHead) -> None:
     encodings = head.get_all(b"transfer-encoding")
     if encodings and (len(encodings) > 1 or encodings[0].lower() != b"chunked"):
         raise ClientError(400, "bad request: Transfer-Encoding other than chunked")
+    if len(head.get_all(b"host")) > 1:  # RFC 9112 3.2: which one routes is ambiguous
+        raise ClientError(400, "bad request: more than one Host header")
     target = head.target
     if head.method == b"CONNECT":
         return
     if target.startswith(b"/") or (target == b"*" and head.method == b"OPTIONS"):
         return
+    if target[:7].lower() == b"http://":  # route.py accepts it only if it names this proxy
+        return
     raise ClientError(400, "bad request: request target must be a path")
+
+
+def response_problem(head: "ResponseHead") -> Optional[str]:
+    """Why an upstream response head must not be relayed, or None (llhttp checked the rest).
+
+    Only HTTP/1.x, a reason phrase of visible characters, and Transfer-Encoding
+    exactly `chunked` (like nginx: any other coding is an unknowable body end).
+    """
+    if head.version not in ("1.1", "1.0"):
+        return f"unsupported HTTP version {head.version}"
+    if any(byte < 0x20 and byte != 0x09 or byte == 0x7F for byte in head.reason):
+        return "control character in reason phrase"
+    encodings = head.get_all(b"transfer-encoding")
+    if encodings and (len(encodings) > 1 or encodings[0].lower() != b"chunked"):
+        return "Transfer-Encoding other than chunked"
+    return None
 
 
 def request_framing(head: RequestHead) -> Tuple[str, int]:
@@ -123,7 +143,7 @@ def response_framing(method: bytes, head: "ResponseHead") -> Tuple[str, int]:
         return NONE, 0
     encoding = head.get(b"transfer-encoding")
     if encoding is not None:
-        return (CHUNKED, 0) if tokens(encoding)[-1:] == [b"chunked"] else (CLOSE, 0)
+        return CHUNKED, 0  # the only coding `response_problem` lets through
     length = head.get(b"content-length")
     if length is not None:
         return (LENGTH, int(length)) if int(length) else (NONE, 0)

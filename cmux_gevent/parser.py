@@ -12,7 +12,7 @@ from typing import Deque, List, Optional, Tuple, Union
 import httptools
 
 from .errors import ClientError, ProxyError, UpstreamError
-from .head import Header, RequestHead, ResponseHead
+from .head import Header, RequestHead, ResponseHead, response_problem
 
 BODY = "body"
 END = "end"
@@ -165,10 +165,14 @@ class ResponseParser(_EventParser):
 
     def build_head(self, headers):
         p = self._parser
-        return ResponseHead(
+        head = ResponseHead(
             p.get_status_code(), self._reason, p.get_http_version(), headers,
             p.should_keep_alive(), p.should_upgrade(),
         )
+        problem = response_problem(head)
+        if problem:
+            raise self.malformed(problem)
+        return head
 
     def malformed(self, why):
         return UpstreamError(f"upstream request error: malformed response from {self.upstream}: {why}")

@@ -89,7 +89,12 @@ def _workspace(head: RequestHead, host_workspace: Optional[str]) -> Optional[str
 
 
 def route(head: RequestHead, config) -> Target:
-    """The upstream for `head`: headers first, the Host route for what they leave out."""
+    """The upstream for `head`: headers first, the Host route for what they leave out.
+
+    An absolute-form target is first rewritten to origin-form (see `to_origin_form`).
+    """
+    if head.method != b"CONNECT" and head.target[:1] not in (b"/", b"*"):
+        to_origin_form(head, config.listen)
     host_workspace, host_port = host_route(head.get(b"host"))
     port = _port(head, host_port)
     workspace = _workspace(head, host_workspace)
@@ -103,6 +108,41 @@ def route(head: RequestHead, config) -> Target:
     target = Target(host, port, workspace)
     check_policy(target, config)
     return target
+
+
+def to_origin_form(head: RequestHead, listen) -> None:
+    """Rewrite `http://authority/path` in place to `/path` with `Host: authority`.
+
+    Accepted only when the authority names this proxy: a `<ws>-<port>.localhost`
+    route or one of our listen addresses. Anything else would make us an open
+    forward proxy, so it is a 400. As RFC 9112 3.2.2 requires, the authority
+    replaces any Host header the client sent.
+    """
+    rest = head.target[len(b"http://") :]
+    cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    authority, path = rest[:cut], rest[cut:]
+    if not _names_us(authority, listen):
+        raise ClientError(400, "bad request: request target must be a path or name this proxy")
+    head.target = path if path.startswith(b"/") else b"/" + path
+    head.headers = [(n, v) for n, v in head.headers if n.lower() != b"host"]
+    head.headers.append((b"Host", authority))
+
+
+def _names_us(authority: bytes, listen) -> bool:
+    if b"@" in authority:  # userinfo: never ours, and a classic way to disguise a host
+        return False
+    if host_route(authority) != (None, None):
+        return True
+    try:
+        host, sep, port = authority.decode("ascii").rpartition(":")
+    except UnicodeDecodeError:
+        return False
+    if not sep:
+        host, port = authority.decode("ascii"), "80"
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    number = parse_port(port)
+    return number is not None and is_own_listener(host, number, listen)
 
 
 def check_policy(target: Target, config) -> None:

@@ -1,0 +1,256 @@
+"""Request smuggling: every ambiguous or malformed message is refused, nothing of it forwarded.
+
+Each vector goes to a real proxy routed at a recording upstream. After the 400
+and the close, a sentinel request through the same proxy proves the upstream
+side is settled: the upstream saw the sentinel and nothing else.
+"""
+
+import socket
+import threading
+
+import pytest
+
+from tests.conftest import ProxyProcess
+from tests.integration.recording import (
+    RecordingUpstream,
+    ScriptedUpstream,
+    read_response,
+    read_until_close,
+    recv_head,
+    send_raw,
+    wait_closed,
+)
+
+SENTINEL = (
+    b"GET /sentinel HTTP/1.1\r\nHost: s\r\nX-Cmux-Port-Internal: %d\r\nConnection: close\r\n\r\n"
+)
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory):
+    proc = ProxyProcess([], log_path=tmp_path_factory.mktemp("smuggling") / "proxy.log")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def upstream():
+    with RecordingUpstream() as server:
+        yield server
+
+
+def assert_only_sentinel(proxy, upstream):
+    """The upstream got the sentinel request and not one byte of anything else."""
+    reply = send_raw(proxy.port, SENTINEL % upstream.port, timeout=2)
+    assert reply.status == 200, reply
+    upstream.wait_connections(1)
+    assert upstream.heads() == [upstream.received()]
+    assert upstream.received().startswith(b"GET /sentinel HTTP/1.1\r\n")
+    assert len(upstream.connections) == 1
+
+
+def head(*lines: bytes) -> bytes:
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+P = b"X-Cmux-Port-Internal: %(port)d"
+VECTORS = {
+    "cl-and-te": head(b"POST / HTTP/1.1", P, b"Content-Length: 5", b"Transfer-Encoding: chunked")
+    + b"0\r\n\r\n",
+    "te-and-cl": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding: chunked", b"Content-Length: 5")
+    + b"0\r\n\r\n",
+    "two-content-lengths": head(b"POST / HTTP/1.1", P, b"Content-Length: 5", b"Content-Length: 6")
+    + b"hello!",
+    "content-length-list": head(b"POST / HTTP/1.1", P, b"Content-Length: 5, 6") + b"hello!",
+    "content-length-plus": head(b"POST / HTTP/1.1", P, b"Content-Length: +5") + b"hello",
+    "te-chunked-identity": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding: chunked, identity")
+    + b"0\r\n\r\n",
+    "te-xchunked": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding: xchunked") + b"0\r\n\r\n",
+    "te-identity": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding: identity") + b"0\r\n\r\n",
+    "te-gzip-chunked": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding: gzip, chunked")
+    + b"0\r\n\r\n",
+    "te-twice": head(
+        b"POST / HTTP/1.1", P, b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"
+    )
+    + b"0\r\n\r\n",
+    "te-obs-fold": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding:", b" chunked") + b"0\r\n\r\n",
+    "te-obs-fold-after": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding: chunked", b" identity")
+    + b"0\r\n\r\n",
+    "te-trailing-space": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding: chunked ") + b"0\r\n\r\n",
+    "te-vertical-tab": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding: \x0bchunked")
+    + b"0\r\n\r\n",
+    "te-space-before-colon": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding : chunked")
+    + b"0\r\n\r\n",
+    "te-leading-space-name": head(b"POST / HTTP/1.1", b" Transfer-Encoding: chunked", P)
+    + b"0\r\n\r\n",
+    "bare-lf-everywhere": b"GET / HTTP/1.1\nX-Cmux-Port-Internal: %(port)d\n\n",
+    "bare-lf-one-header": b"GET / HTTP/1.1\r\nX-Cmux-Port-Internal: %(port)d\nX: y\r\n\r\n",
+    "bare-lf-terminator": b"GET / HTTP/1.1\r\nX-Cmux-Port-Internal: %(port)d\r\n\n",
+    "bare-cr": b"GET / HTTP/1.1\r\nX-Cmux-Port-Internal: %(port)d\rX: y\r\n\r\n",
+    "nul-in-value": head(b"GET / HTTP/1.1", P, b"X: a\x00b"),
+    "cr-in-value": head(b"GET / HTTP/1.1", P, b"X: a\rb"),
+    "lf-in-value": head(b"GET / HTTP/1.1", P, b"X: a\nb"),
+    "ctl-in-value": head(b"GET / HTTP/1.1", P, b"X: a\x01b"),
+    "space-before-colon": head(b"GET / HTTP/1.1", P, b"Host : a"),
+    "tab-before-colon": head(b"GET / HTTP/1.1", P, b"Host\t: a"),
+    "empty-header-name": head(b"GET / HTTP/1.1", P, b": a"),
+    "two-hosts": head(b"GET / HTTP/1.1", P, b"Host: a", b"Host: b"),
+    "version-1.2": head(b"GET / HTTP/1.2", P),
+    "version-2.0": head(b"GET / HTTP/2.0", P),
+    "version-3.1": head(b"GET / HTTP/3.1", P),
+    "version-0.9": head(b"GET / HTTP/0.9", P),
+    "version-lowercase": head(b"GET / http/1.1", P),
+    "version-absent": b"GET /\r\n" + P + b"\r\n\r\n",
+    "absolute-form-foreign": head(b"GET http://example.com/ HTTP/1.1", P),
+    "absolute-form-foreign-port": head(b"GET http://127.0.0.1:%(port)d/ HTTP/1.1", P),
+    "authority-form-get": head(b"GET example.com:80 HTTP/1.1", P),
+    "asterisk-get": head(b"GET * HTTP/1.1", P),
+}
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("name", list(VECTORS))
+def test_vector_gets_400_and_nothing_reaches_upstream(proxy, upstream, name):
+    request = VECTORS[name] % {b"port": upstream.port}
+    reply = send_raw(proxy.port, request, timeout=3)
+    assert reply.status == 400, reply
+    assert reply.closed, reply
+    assert reply.headers.get("connection") == "close"
+    assert_only_sentinel(proxy, upstream)
+
+
+CHUNKED_HEAD = head(b"POST /upload HTTP/1.1", P, b"Transfer-Encoding: chunked")
+BAD_CHUNKS = {
+    "size-overflow": b"1ffffffffffffffff\r\n" + b"A" * 64 + b"\r\n0\r\n\r\n",
+    "size-plus-sign": b"+5\r\nAAAAA\r\n0\r\n\r\n",
+    "size-minus-sign": b"-5\r\nAAAAA\r\n0\r\n\r\n",
+    "size-0x-prefix": b"0x5\r\nAAAAA\r\n0\r\n\r\n",
+    "size-trailing-space": b"5 \r\nAAAAA\r\n0\r\n\r\n",
+    "size-bare-lf": b"5\nAAAAA\r\n0\r\n\r\n",
+    "data-longer-than-size": b"5\r\nAAAAAAAAAA\r\n0\r\n\r\n",
+    "second-chunk-bad": b"3\r\nok!\r\nzz\r\nAAAAA\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("name", list(BAD_CHUNKS))
+def test_invalid_chunk_never_forwarded_and_upstream_closed(proxy, upstream, name):
+    """The head may have gone upstream; the bad bytes never do and that connection is closed."""
+    request = CHUNKED_HEAD % {b"port": upstream.port} + BAD_CHUNKS[name]
+    reply = send_raw(proxy.port, request, timeout=3)
+    assert reply.status == 400, reply
+    assert reply.closed
+    upstream.wait_all_closed(timeout=3)
+    received = upstream.received()
+    assert b"A" not in received and b"zz" not in received, received
+    if received:
+        assert len(upstream.connections) == 1
+        forwarded, _, body = received.partition(b"\r\n\r\n")
+        assert forwarded.startswith(b"POST /upload HTTP/1.1\r\n")
+        assert body in (b"", b"3\r\nok!\r\n"), body
+
+
+MALFORMED_RESPONSES = {
+    "cl-and-te": b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"0\r\n\r\n",
+    "two-content-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+    "bare-lf": b"HTTP/1.1 200 OK\nContent-Length: 3\n\nabc",
+    "nul-in-value": b"HTTP/1.1 200 OK\r\nX: a\x00b\r\nContent-Length: 3\r\n\r\nabc",
+    "space-before-colon": b"HTTP/1.1 200 OK\r\nX : a\r\nContent-Length: 3\r\n\r\nabc",
+    "obs-fold": b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 3\r\n\r\nabc",
+    "version-2.0": b"HTTP/2.0 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+    "version-0.9": b"HTTP/0.9 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+    "version-1.2": b"HTTP/1.2 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+    "status-four-digits": b"HTTP/1.1 2000 OK\r\nContent-Length: 3\r\n\r\nabc",
+    "ctl-in-reason": b"HTTP/1.1 200 O\x01K\r\nContent-Length: 3\r\n\r\nabc",
+    "te-chunked-identity": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, identity\r\n\r\nabc",
+    "te-gzip": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+    "not-http": b"SSH-2.0-OpenSSH_9.6\r\n",
+}
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("name", list(MALFORMED_RESPONSES))
+def test_malformed_upstream_head_is_502_never_relayed(proxy, name):
+    with RecordingUpstream(response=MALFORMED_RESPONSES[name]) as upstream:
+        request = head(b"GET /r HTTP/1.1", b"Host: a", P) % {b"port": upstream.port}
+        reply = send_raw(proxy.port, request, timeout=3)
+        assert reply.status == 502, reply
+        assert reply.closed
+        assert b"abc" not in reply.data and b"SSH" not in reply.data
+        assert reply.data.count(b"HTTP/1.1 ") == 1
+        upstream.wait_all_closed(timeout=3)
+
+
+@pytest.mark.timeout(20)
+def test_invalid_chunk_in_upstream_body_truncates(proxy):
+    """Response bytes already went out: the client sees a body that never ends, then a close."""
+    client_has_head = threading.Event()
+
+    def script(sock):
+        recv_head(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        client_has_head.wait(5)
+        sock.sendall(b"0x5\r\nEVILX\r\n0\r\n\r\n")
+        return wait_closed(sock, 3)
+
+    with ScriptedUpstream(script) as upstream:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=3) as sock:
+            sock.sendall(head(b"GET /r HTTP/1.1", b"Host: a", P) % {b"port": upstream.port})
+            first = b""
+            while b"abc" not in first:
+                first += sock.recv(4096)
+            client_has_head.set()
+            rest = read_until_close(sock, 3)
+        assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert rest.closed
+        assert b"EVIL" not in rest.data and b"0\r\n\r\n" not in rest.data, rest
+        assert upstream.wait_results(1) == [True]  # the proxy closed the upstream too
+
+
+# -- absolute-form: accepted only when it names this proxy, forwarded in origin-form --
+
+
+@pytest.mark.timeout(20)
+def test_absolute_form_localhost_route_forwarded_in_origin_form(proxy):
+    with RecordingUpstream(host="127.18.0.7") as upstream:  # workspace-7
+        request = b"GET http://workspace-7-%d.localhost/a/b?c=d HTTP/1.1\r\nHost: ignored\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=3) as sock:
+            sock.sendall(request % upstream.port)
+            reply = read_response(sock)
+        assert reply.status == 200, reply
+        assert reply.body == b"ok"
+        [forwarded] = upstream.heads()
+        assert forwarded.startswith(b"GET /a/b?c=d HTTP/1.1\r\n"), forwarded
+        assert b"\r\nHost: workspace-7-%d.localhost\r\n" % upstream.port in forwarded
+        assert b"ignored" not in forwarded
+        assert upstream.malformed_heads() == []
+
+
+@pytest.mark.timeout(20)
+def test_absolute_form_naming_proxy_listen_address_forwarded(proxy, upstream):
+    request = b"GET http://127.0.0.1:%d HTTP/1.1\r\nX-Cmux-Port-Internal: %d\r\n\r\n"
+    reply = send_raw(proxy.port, request % (proxy.port, upstream.port) + SENTINEL % upstream.port)
+    assert reply.data.count(b"HTTP/1.1 200 OK") == 2, reply
+    heads = upstream.heads()
+    assert heads[0].startswith(b"GET / HTTP/1.1\r\n"), heads
+    assert heads[1].startswith(b"GET /sentinel HTTP/1.1\r\n"), heads
+    assert upstream.malformed_heads() == []
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"https://workspace-7-3000.localhost/",
+        b"http://user@workspace-7-3000.localhost/",
+        b"http://workspace-7-3000.localhost.evil.com/",
+        b"http://127.0.0.2:%(proxy)d/",
+    ],
+)
+def test_absolute_form_other_authority_refused(proxy, upstream, target):
+    request = b"GET " + target + b" HTTP/1.1\r\nX-Cmux-Port-Internal: %(port)d\r\n\r\n"
+    reply = send_raw(proxy.port, request % {b"port": upstream.port, b"proxy": proxy.port})
+    assert reply.status == 400, reply
+    assert reply.closed
+    assert_only_sentinel(proxy, upstream)
