@@ -47,9 +47,13 @@ def usage() -> str:
         flag = f"  {option.flag}={option.metavar}"
         shown = option.default if option.default else "none"
         text = f"{option.help} Env {option.env}; default {shown}."
-        wrapped = textwrap.wrap(text, 50)
-        lines.append(f"{flag:<25}{wrapped[0]}")
-        lines.extend(" " * 25 + more for more in wrapped[1:])
+        # No hyphen breaks: "3000-3999" and env names must stay whole to be copied.
+        wrapped = textwrap.wrap(text, 50, break_on_hyphens=False, break_long_words=False)
+        if len(flag) > 23:  # docopt needs two spaces between an option and its help
+            lines.append(flag)
+        else:
+            lines.append(f"{flag:<25}{wrapped.pop(0)}")
+        lines.extend(" " * 25 + more for more in wrapped)
     return "\n".join(lines) + "\n"
 
 

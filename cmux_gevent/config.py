@@ -99,9 +99,9 @@ def parse_ports(text: str) -> List[Tuple[int, int]]:
         item = item.strip()
         if not item:
             continue
-        low, _, high = item.partition("-")
-        try:
-            first, last = int(low), int(high or low)
+        low, dash, high = item.partition("-")
+        try:  # "3000-" is a typo, not port 3000: int("") refuses it
+            first, last = int(low), int(high if dash else low)
         except ValueError:
             raise ConfigError(f"invalid port list {text!r}") from None
         if not 0 < first <= last < 65536:
