@@ -120,19 +120,26 @@ class ClientConnection:
         self.idle = True
         if self.proxy.draining:
             return None
-        first = self.config.head_timeout if self.reader.received == 0 else self.config.keepalive_timeout
+        fresh = self.reader.received == 0
+        started = time.monotonic()
         try:
-            self.reader.read_more(first)
+            self.reader.read_more(self.config.head_timeout if fresh else self.config.keepalive_timeout)
         except (socket.timeout, ConnectionGone):
             return None
         self.idle = False
-        deadline = time.monotonic() + self.config.head_timeout
+        # A new connection's first head is due head_timeout after accept (a slowloris
+        # must not get twice that by waiting before its first byte); a kept-alive
+        # connection's next head is due head_timeout after its first byte.
+        deadline = (started if fresh else time.monotonic()) + self.config.head_timeout
         while not events or events[0] is END:
             if events:
                 events.popleft()
                 continue
+            remaining = deadline - time.monotonic()
             try:
-                self.reader.read_more(max(0.0, deadline - time.monotonic()))
+                if remaining <= 0:
+                    raise socket.timeout
+                self.reader.read_more(remaining)
             except socket.timeout:
                 raise ClientError(408, "request head not received in time") from None
         return events.popleft()
