@@ -73,21 +73,27 @@ def copy_events(reader: MessageReader, dst, chunked: bool, timeout) -> int:
         send(dst, chunk(data) if chunked else data)
 
 
-def drain_queued_body(reader: MessageReader, dst, chunked: bool):
-    """Send BODY events the parser already produced; returns (bytes sent, whether END was seen)."""
+def take_queued_body(reader: MessageReader, chunked: bool, pieces: list):
+    """Append the BODY events the parser already produced to `pieces`, framed.
+
+    Returns (body bytes taken, whether the message END was reached); with
+    `chunked`, a reached END also appends the terminating zero chunk.
+    """
     events = reader.parser.events
-    sent = 0
+    taken = 0
     while events:
         event = events[0]
         if event is END:
             events.popleft()
-            return sent, True
+            if chunked:
+                pieces.append(CHUNKED_END)
+            return taken, True
         if not (isinstance(event, tuple) and event[0] == BODY):
             break
         events.popleft()
-        sent += len(event[1])
-        send(dst, chunk(event[1]) if chunked else event[1])
-    return sent, False
+        taken += len(event[1])
+        pieces.append(chunk(event[1]) if chunked else event[1])
+    return taken, False
 
 
 def copy_raw(src, dst, remaining, chunked: bool, timeout) -> int:

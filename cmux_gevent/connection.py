@@ -12,7 +12,7 @@ from gevent import socket
 
 from . import head as h
 from .body import (
-    MessageReader, ConnectionGone, copy_events, copy_raw, drain_queued_body, send,
+    MessageReader, ConnectionGone, copy_events, copy_raw, send, take_queued_body,
 )
 from .errors import ClientError, ProxyError, UpstreamError, render_error
 from .parser import END, RequestParser, ResponseParser
@@ -206,8 +206,8 @@ class ClientConnection:
             extra.append((b"Connection", b"keep-alive"))
         exchange.status = response.status
         self.responding = True
-        send(self.sock, h.serialize_response(response, h.end_to_end(response.headers), extra))
-        exchange.sent = self._relay_body(reader, framing, length, chunked_out)
+        out = h.serialize_response(response, h.end_to_end(response.headers), extra)
+        exchange.sent = self._relay_body(reader, framing, length, chunked_out, out)
         reusable = response.keep_alive and framing != h.CLOSE and not reader.parser.events
         return reusable, keep
 
@@ -232,14 +232,18 @@ class ClientConnection:
             reader.next_event(timeout)  # the END of the interim response
             send(self.sock, h.serialize_response(response, h.end_to_end(response.headers), []))
 
-    def _relay_body(self, reader, framing, length, chunked_out) -> int:
+    def _relay_body(self, reader, framing, length, chunked_out, head: bytes) -> int:
+        """Send `head` and the body; head and already-parsed body leave in one write."""
         if framing == h.NONE:
+            send(self.sock, head)
             return 0
-        if framing == h.CHUNKED:
-            return copy_events(reader, self.sock, chunked_out, None)
-        sent, ended = drain_queued_body(reader, self.sock, chunked_out)
+        pieces = [head]
+        sent, ended = take_queued_body(reader, chunked_out, pieces)
+        send(self.sock, b"".join(pieces))
         if ended:
             return sent
+        if framing == h.CHUNKED:
+            return sent + copy_events(reader, self.sock, chunked_out, None)
         remaining = length - sent if framing == h.LENGTH else None
         return sent + copy_raw(reader.sock, self.sock, remaining, chunked_out, None)
 
@@ -273,8 +277,8 @@ class ClientConnection:
         extra = [(b"Connection", b"close")]
         if framing in (h.CHUNKED, h.CLOSE):
             extra.append((b"Transfer-Encoding", b"chunked"))
-        send(self.sock, h.serialize_response(response, h.end_to_end(response.headers), extra))
-        exchange.sent = self._relay_body(reader, framing, length, framing in (h.CHUNKED, h.CLOSE))
+        out = h.serialize_response(response, h.end_to_end(response.headers), extra)
+        exchange.sent = self._relay_body(reader, framing, length, framing in (h.CHUNKED, h.CLOSE), out)
         return False
 
     def _connect(self, exchange, target) -> bool:

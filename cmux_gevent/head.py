@@ -46,17 +46,31 @@ def tokens(value: Optional[bytes]) -> List[bytes]:
 
 
 class _Head:
-    __slots__ = ("version", "headers", "keep_alive", "upgrade")
+    __slots__ = ("version", "headers", "keep_alive", "upgrade", "_fields")
+
+    def _index(self):
+        """Values by lowercase name, built on first lookup: routing asks several times."""
+        fields = {}
+        for name, value in self.headers:
+            fields.setdefault(name.lower(), []).append(value)
+        self._fields = fields
+        return fields
 
     def get(self, lower_name: bytes) -> Optional[bytes]:
         """The first value of a header, by lowercase name."""
-        for name, value in self.headers:
-            if name.lower() == lower_name:
-                return value
-        return None
+        try:
+            fields = self._fields
+        except AttributeError:
+            fields = self._index()
+        values = fields.get(lower_name)
+        return values[0] if values else None
 
     def get_all(self, lower_name: bytes) -> List[bytes]:
-        return [v for n, v in self.headers if n.lower() == lower_name]
+        try:
+            fields = self._fields
+        except AttributeError:
+            fields = self._index()
+        return list(fields.get(lower_name, ()))
 
 
 class RequestHead(_Head):

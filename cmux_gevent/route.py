@@ -155,6 +155,8 @@ def check_policy(target: Target, config) -> None:
 
 def is_own_listener(host: str, port: int, listen) -> bool:
     """Whether `host`:`port` reaches one of our own listen sockets."""
+    if all(listen_port != port for _, listen_port in listen):
+        return False  # the per-request fast path: no address parsing
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
