@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import nginx
 import report
-from procs import ProcessSet, raise_fd_limit, sigterm_as_interrupt
+from procs import ProcessSet, interrupt_on_signals, raise_fd_limit
 from scenarios import SCENARIOS, Context
 from systems import Cmux, Direct, Nginx, Upstreams
 
@@ -218,10 +218,10 @@ def run_one(ctx, system, scenario, round_no) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    sigterm_as_interrupt()
+    interrupt_on_signals()
     fd_limit = raise_fd_limit()
     notes = []
-    if fd_limit < 4 * args.idle_conns + 1000:
+    if fd_limit < 2 * args.idle_conns + 1000:  # the proxy holds two sockets per WebSocket
         notes.append(
             f"fd limit {fd_limit} may be too low for {args.idle_conns} idle WebSockets (ulimit -Hn)"
         )
@@ -241,10 +241,14 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         log("interrupted: stopping everything started")
         return 130
+    except RuntimeError as exc:  # an upstream did not start: nothing to compare against
+        log(f"error: {exc}")
+        return 1
     finally:
         procs.stop_all()
+        (workdir / "www" / "bulk").unlink(missing_ok=True)  # sparse, but --size can be huge
     names = [s.name for s in systems]
-    write_json(args, upstreams, wrk, records, notes, names)
+    write_json(args, upstreams, wrk, records, notes, names, procs.history)
     print(report.markdown(records, names, args.scenarios, args.rounds))
     for note in notes:
         print(f"- note: {note}")
@@ -252,7 +256,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_json(args, upstreams, wrk, records, notes, names) -> None:
+def write_json(args, upstreams, wrk, records, notes, names, started) -> None:
     med = report.medians(records)
     data = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -267,6 +271,7 @@ def write_json(args, upstreams, wrk, records, notes, names) -> None:
         "medians": med,
         "ratios": {ref: report.ratios(med, ref) for ref in report.REFERENCES if ref in med},
         "records": records,
+        "processes": started,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(data, indent=1))

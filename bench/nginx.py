@@ -94,8 +94,8 @@ stream {{
 
 
 def nginx_path() -> str | None:
-    """nginx on PATH, or in /usr/sbin (not on PATH for non-root users on Debian)."""
-    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    """nginx on PATH (Debian installs it in /usr/sbin, on root's PATH only)."""
+    return shutil.which("nginx")
 
 
 def stream_load_line(nginx: str) -> str | None:

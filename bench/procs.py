@@ -100,10 +100,12 @@ class ProcessSet:
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
         self.procs: list[Proc] = []
+        self.history: list[dict] = []  # every start, for the results file (and leak checks)
 
     def start(self, name: str, argv: list[str], **kwargs) -> Proc:
         proc = Proc(name, argv, self.log_dir, **kwargs)
         self.procs.append(proc)
+        self.history.append({"name": name, "pid": proc.pid, "argv": argv})
         return proc
 
     def stop(self, proc: Proc) -> None:
@@ -112,6 +114,9 @@ class ProcessSet:
             self.procs.remove(proc)
 
     def stop_all(self) -> None:
+        """Stop everything; a second Ctrl-C must not cut the cleanup short."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         while self.procs:
             self.procs.pop().stop()
 
@@ -156,10 +161,15 @@ def raise_fd_limit() -> int:
     return hard
 
 
-def sigterm_as_interrupt() -> None:
-    """Make SIGTERM unwind like Ctrl-C, so the `finally` that stops children runs."""
+def interrupt_on_signals() -> None:
+    """SIGINT and SIGTERM unwind as KeyboardInterrupt, so the `finally` that stops children runs.
+
+    SIGINT explicitly too: a shell starts background jobs with SIGINT ignored,
+    and Python keeps an inherited SIG_IGN.
+    """
 
     def handler(_signum, _frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
