@@ -23,6 +23,7 @@ from .route import route
 log = logging.getLogger("cmux_gevent.access")
 CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 SWITCHING = (b"Connection", b"Upgrade")
+WATCH_CLIENT_AFTER = 0.5  # seconds an upstream may think before we watch the client
 
 
 class Exchange:
@@ -173,7 +174,6 @@ class ClientConnection:
             send_upstream(upstream, out, target)
             if uploader is not None:
                 uploader.start()
-            self._watch_client(upstream)
             reusable, keep = self._relay_response(exchange, target, upstream)
             if uploader is not None and not uploader.finished():
                 reusable = keep = False
@@ -213,14 +213,10 @@ class ClientConnection:
 
     def _final_head(self, reader, target):
         """Read the upstream's final response head, relaying 1xx interim ones."""
-        timeout = self.config.response_timeout
+        deadline = time.monotonic() + self.config.response_timeout
         while True:
             try:
-                response = reader.next_event(timeout)
-            except socket.timeout:
-                raise UpstreamError(
-                    f"upstream request error: {_name(target)} sent no response in time", status=504
-                ) from None
+                response = self._upstream_event(reader, target, deadline)
             except ConnectionGone as gone:
                 if reader.received == 0:
                     raise _RetryFresh(target, gone) from None
@@ -229,8 +225,26 @@ class ClientConnection:
                 ) from None
             if response.status >= 200 or response.status == 101:
                 return response
-            reader.next_event(timeout)  # the END of the interim response
+            self._upstream_event(reader, target, deadline)  # the END of the interim response
             send(self.sock, h.serialize_response(response, h.end_to_end(response.headers), []))
+
+    def _upstream_event(self, reader, target, deadline):
+        """The upstream's next event by `deadline` (504 after it).
+
+        Most upstreams answer within milliseconds; only a wait longer than
+        WATCH_CLIENT_AFTER arms the watcher that notices a client hanging up.
+        """
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise UpstreamError(
+                    f"upstream request error: {_name(target)} sent no response in time", status=504
+                )
+            watching = self._watch is not None and self._watch.active
+            try:
+                return reader.next_event(remaining if watching else min(remaining, WATCH_CLIENT_AFTER))
+            except socket.timeout:
+                self._watch_client(reader.sock)
 
     def _relay_body(self, reader, framing, length, chunked_out, head: bytes) -> int:
         """Send `head` and the body; head and already-parsed body leave in one write."""
@@ -242,6 +256,8 @@ class ClientConnection:
         send(self.sock, b"".join(pieces))
         if ended:
             return sent
+        if framing != h.LENGTH:  # a stream (SSE, long poll) may idle: notice a client leaving
+            self._watch_client(reader.sock)
         if framing == h.CHUNKED:
             return sent + copy_events(reader, self.sock, chunked_out, None)
         remaining = length - sent if framing == h.LENGTH else None

@@ -15,6 +15,10 @@ from gevent import socket
 from .errors import UpstreamError
 
 POOL_IDLE_SECONDS = 4.0  # Node dev servers drop idle sockets at 5 s
+#: A connection released this recently is handed out without a liveness peek: servers
+#: close idle keep-alive connections after seconds, and a request that still meets a
+#: dead one is retried once on a fresh connection (bodiless requests) or gets a 502.
+PEEK_AFTER = 1.0
 #: cmux-proxy keeps 8; under load (many tabs, a benchmark's 64 connections) 8 makes
 #: the pool churn connect/close on every burst, so we keep more. Idle sockets are cheap.
 POOL_MAX_IDLE_PER_HOST = 32
@@ -82,7 +86,8 @@ class UpstreamPool:
         now = time.monotonic()
         while idle:
             sock, since = idle.pop()
-            if now - since < POOL_IDLE_SECONDS and _quiet(sock):
+            idle_for = now - since
+            if idle_for < PEEK_AFTER or (idle_for < POOL_IDLE_SECONDS and _quiet(sock)):
                 return sock, True
             sock.close()
         return connect(host, port, self.connect_timeout), False
