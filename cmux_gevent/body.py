@@ -10,8 +10,8 @@ from gevent import socket
 
 from .errors import ConnectionGone
 from .parser import BODY, END
+from .relay import READ_SIZE, SPLICE_AFTER, can_splice, copy_exact
 
-READ_SIZE = 64 * 1024
 CHUNKED_END = b"0\r\n\r\n"
 
 
@@ -99,12 +99,18 @@ def take_queued_body(reader: MessageReader, chunked: bool, pieces: list):
 def copy_raw(src, dst, remaining, chunked: bool, timeout) -> int:
     """Copy `remaining` bytes (None: until EOF) from `src` to `dst`; returns bytes copied.
 
-    Raises ConnectionGone if `src` ends before `remaining` bytes arrived.
+    A plain (not re-chunked) body that has proved large, or is announced large,
+    continues with splice(2): its bytes never enter Python. Raises ConnectionGone
+    if `src` ends before `remaining` bytes arrived.
     """
     copied = 0
     src.settimeout(timeout)
     while remaining is None or copied < remaining:
-        want = READ_SIZE if remaining is None else min(READ_SIZE, remaining - copied)
+        left = None if remaining is None else remaining - copied
+        if not chunked and can_splice and (copied >= SPLICE_AFTER or (left or 0) >= SPLICE_AFTER):
+            copied += _splice_rest(src, dst, left)
+            break
+        want = READ_SIZE if left is None else min(READ_SIZE, left)
         try:
             data = src.recv(want)
         except socket.timeout:
@@ -112,11 +118,18 @@ def copy_raw(src, dst, remaining, chunked: bool, timeout) -> int:
         except OSError as exc:
             raise ConnectionGone(str(exc)) from None
         if not data:
-            if remaining is None:
-                break
-            raise ConnectionGone("peer closed before the end of the body")
+            break
         copied += len(data)
         send(dst, chunk(data) if chunked else data)
+    if remaining is not None and copied < remaining:
+        raise ConnectionGone("peer closed before the end of the body")
     if chunked:
         send(dst, CHUNKED_END)
     return copied
+
+
+def _splice_rest(src, dst, left) -> int:
+    try:
+        return copy_exact(src, dst, left)
+    except OSError as exc:
+        raise ConnectionGone(str(exc)) from None

@@ -318,6 +318,9 @@ class ClientConnection:
             self.proxy.release(self)
 
         self._unwatch_client()
+        head = exchange.head  # an idle tunnel keeps only what its log line needs
+        exchange.head = h.RequestHead(head.method, head.target, head.version, [], False, False)
+        self.reader = None
         self.tunnel = Tunnel(
             self.sock.detach(), upstream.detach(), client_rest, upstream_rest,
             self.config.tunnel_idle_timeout, closed,

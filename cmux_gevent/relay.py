@@ -1,10 +1,11 @@
 """Byte tunnels (WebSocket, CONNECT) and bulk copies, with splice(2) once data flows.
 
 A tunnel costs almost nothing while idle: each direction is just a read watcher
-on its source. When bytes arrive the watcher spawns that direction's copy
-greenlet, which moves data (blocking-style on backpressure) until the source
-would block, then re-arms the watcher and ends. So while data flows the shape is
-the classic pair of copy greenlets; while idle there are none. EOF on one side
+on its source. A message that the destination accepts whole is copied by the
+watcher's callback; otherwise (backpressure, bulk) that direction's copy
+greenlet moves data blocking-style until the source would block, then re-arms
+the watcher and ends. So while data flows the shape is the classic pair of copy
+greenlets; while idle there are none. EOF on one side
 becomes shutdown(SHUT_WR) on the other and the reverse direction goes on; the
 tunnel closes when both directions have ended, or at once on an error.
 
@@ -21,7 +22,7 @@ import gevent
 from gevent import get_hub
 
 READ_SIZE = 64 * 1024  # small reads until a transfer proves large
-SPLICE_AFTER = 1 << 20
+SPLICE_AFTER = 256 * 1024  # bytes a transfer moves before it switches to splice
 SPLICE_CHUNK = 1 << 20
 PIPE_SIZE = 1 << 20
 _splice = getattr(os, "splice", None)
@@ -121,7 +122,14 @@ can_splice = _splice is not None
 
 
 class _Direction:
-    """One direction of a tunnel: a read watcher while idle, a copy greenlet while busy."""
+    """One direction of a tunnel: a read watcher while idle, a copy greenlet while busy.
+
+    Small messages (WebSocket frames, HMR pings) are copied straight from the
+    watcher's callback when the destination takes them whole; a destination that
+    pushes back, a transfer that has grown large, or bytes read early start a copy
+    greenlet, which waits blocking-style and hands back to the watcher once the
+    source runs dry.
+    """
 
     __slots__ = ("tunnel", "src", "dst", "pending", "watcher", "greenlet", "moved", "pipe", "done")
 
@@ -137,26 +145,51 @@ class _Direction:
 
     def start(self) -> None:
         if self.pending:
-            self._wake()
+            self._spawn()
         else:
-            self.watcher.start(self._wake)
+            self.watcher.start(self._readable)
 
-    def _wake(self) -> None:
+    def _spawn(self) -> None:
         self.watcher.stop()
         self.greenlet = gevent.spawn(self._burst)
 
+    def _readable(self) -> None:
+        """Watcher callback (runs in the hub): copy one read if it goes through whole."""
+        if self.moved >= SPLICE_AFTER and can_splice:
+            self._spawn()
+            return
+        try:
+            data = self.src.recv(READ_SIZE)
+            if not data:
+                self.watcher.stop()
+                self._eof()
+                return
+            self.moved += len(data)
+            self.tunnel.last_active = time.monotonic()
+            try:
+                sent = self.dst.send(data)
+            except BlockingIOError:
+                sent = 0
+        except BlockingIOError:
+            return
+        except OSError:
+            self.tunnel.close()
+            return
+        if sent < len(data):
+            self.pending = data[sent:]
+            self._spawn()
+
     def _burst(self) -> None:
-        """Copy until the source would block (re-arm) or ends (half-close)."""
+        """Copy until the source would block (back to the watcher) or ends (half-close)."""
         try:
             if self.pending:
                 send_all(self.dst.fileno(), self.dst, self.pending)
-                self.moved += len(self.pending)
                 self.pending = b""
             while True:
                 got = self._move()
                 if got < 0:
                     self.greenlet = None
-                    self.watcher.start(self._wake)
+                    self.watcher.start(self._readable)
                     return
                 if got == 0:
                     self.greenlet = None
