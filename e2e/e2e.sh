@@ -7,13 +7,14 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 usage() {
 	cat <<'EOF'
-Usage: e2e/e2e.sh [-h|--help]
+Usage: e2e/e2e.sh [-h|--help|--print-config]
 
 Runs the installed `cmux-gevent` daemon against real dev servers living in
 workspace directories (python3 http.server, PostgreSQL, Node, a WebSocket echo
 server) under the workspace shim, and checks routing and isolation. Every
 process it starts is stopped on exit, failure or Ctrl-C. Exits 1 at the first
-failed check, 2 when a prerequisite is missing.
+failed check, 2 when a prerequisite is missing. --print-config prints the
+settings it would use (after defaults) and exits.
 
 Environment (defaults in brackets):
   CMUX          the daemon command                         [cmux-gevent]
@@ -40,11 +41,13 @@ Environment (defaults in brackets):
 EOF
 }
 
+MODE=run
 case "${1:-}" in
 -h | --help)
 	usage
 	exit 0
 	;;
+--print-config) MODE=print-config ;;
 "") ;;
 *)
 	usage >&2
@@ -142,9 +145,6 @@ cleanup() {
 	printf '\ne2e: %d passed, %d failed (%ds)\n' "$PASSED" "$((status != 0))" "$SECONDS"
 	exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # -- processes ------------------------------------------------------------------------
 
@@ -232,14 +232,31 @@ expect_routes() {
 
 # -- prerequisites and the daemon -----------------------------------------------------
 
+# resolve_paths: SHIM and PG_BIN, unless given.
+resolve_paths() {
+	if [[ -z ${SHIM:-} ]]; then
+		SHIM=$("$CMUX" preload-path) || missing "no shim: \`$CMUX preload-path\` failed"
+	fi
+	if [[ -z ${PG_BIN:-} ]]; then
+		PG_BIN=$(find /usr/lib/postgresql -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -n 1)
+	fi
+}
+
+print_config() {
+	resolve_paths
+	local name
+	for name in CMUX SHIM PYTHON PORT APP_PORT STRESS_N STRESS_PORT STRESS_CONC STRESS_ROUNDS \
+		PG_PORT PG_BIN WS_PORT NODE_PORT WS_BASE UP_TIMEOUT SKIP_PG SKIP_NODE KEEP_WORK; do
+		printf '%s=%s\n' "$name" "${!name}"
+	done
+}
+
 preflight() {
 	local cmd
 	for cmd in "$CMUX" "$PYTHON" curl; do
 		command -v "$cmd" >/dev/null || missing "$cmd not found on PATH"
 	done
-	if [[ -z ${SHIM:-} ]]; then
-		SHIM=$("$CMUX" preload-path) || missing "no shim: \`$CMUX preload-path\` failed"
-	fi
+	resolve_paths
 	[[ -f $SHIM ]] || missing "shim $SHIM does not exist"
 	"$PYTHON" -c 'import websocket' 2>/dev/null ||
 		missing "$PYTHON lacks websocket-client (pip install websocket-client)"
@@ -247,9 +264,6 @@ preflight() {
 		command -v node >/dev/null || missing "node not found (install nodejs, or SKIP_NODE=1)"
 	fi
 	if [[ $SKIP_PG != 1 ]]; then
-		if [[ -z ${PG_BIN:-} ]]; then
-			PG_BIN=$(find /usr/lib/postgresql -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -n 1)
-		fi
 		[[ -x ${PG_BIN:-}/postgres && -x $PG_BIN/initdb ]] ||
 			missing "PostgreSQL not found (install postgresql, set PG_BIN, or SKIP_PG=1)"
 		command -v psql >/dev/null || missing "psql not found (install postgresql-client)"
@@ -457,6 +471,13 @@ require("http").createServer((req, res) => res.end("node-" + name)).listen(Numbe
 }
 
 main() {
+	if [[ $MODE == print-config ]]; then
+		print_config
+		return
+	fi
+	trap cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
 	preflight
 	make_work
 	echo "cmux-gevent e2e: proxy 127.0.0.1:$PORT, shim $SHIM, work $WORK"
