@@ -22,9 +22,9 @@ docker-e2e:
 	bash e2e/docker.sh
 
 lint:
-	ruff check .
-	ruff format --check .
-	shellcheck e2e/*.sh .ci/run
+	ruff check --line-length 100 .
+	ruff format --check --line-length 100 .
+	shellcheck e2e/e2e.sh e2e/docker.sh .ci/run
 
 clean:
 	$(MAKE) -C preload clean
