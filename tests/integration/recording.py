@@ -14,6 +14,8 @@ import socket
 import threading
 import time
 
+import psutil
+
 OK_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -361,3 +363,38 @@ def wait_closed(sock, timeout: float = 5.0) -> bool:
         except OSError:
             return True
     return False
+
+
+# -- watching the proxy process --------------------------------------------------
+
+CLOSE_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+
+def settled_fds(pid: int, timeout: float = 5.0) -> int:
+    """The process's open fd count once it stops changing (two equal samples 0.1 s apart)."""
+    process = psutil.Process(pid)
+    deadline = time.monotonic() + timeout
+    last = process.num_fds()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = process.num_fds()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def wait_fds(pid: int, at_most: int, timeout: float = 10.0) -> int:
+    """Poll until the process has at most `at_most` fds open; returns the last count."""
+    process = psutil.Process(pid)
+    deadline = time.monotonic() + timeout
+    count = process.num_fds()
+    while count > at_most and time.monotonic() < deadline:
+        time.sleep(0.05)
+        count = process.num_fds()
+    return count
+
+
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
