@@ -164,7 +164,7 @@ def build_systems(args, procs, workdir, upstreams, nginx_bin, notes):
             system = Nginx(procs, nginx_bin, workdir, upstreams.origin_port)
             if system.tunnel is None and "connect" in args.scenarios:
                 notes.append(
-                    "nginx has no stream module: its CONNECT row is empty (apt-get install libnginx-mod-stream)"
+                    "nginx has no stream module: its CONNECT cell stays empty (apt-get install libnginx-mod-stream)"
                 )
             systems.append(system)
     return systems
@@ -195,11 +195,11 @@ def run_rounds(args, ctx, systems, records, notes):
 
 
 def run_one(ctx, system, scenario, round_no) -> dict:
-    if system.proc and not system.proc.alive():
-        log(f"{system.name} died (see {system.proc.log_path}); restarting")
-        system.restart()
     started = time.monotonic()
     try:
+        if system.proc and not system.proc.alive():
+            log(f"{system.name} died (see {system.proc.log_path}); restarting")
+            system.restart()
         record = SCENARIOS[scenario](system, ctx)
     except Exception as exc:  # noqa: BLE001 -- one failed measurement must not lose the others
         record = {"error": f"{type(exc).__name__}: {exc}"}
@@ -249,6 +249,11 @@ def main(argv=None) -> int:
         (workdir / "www" / "bulk").unlink(missing_ok=True)  # sparse, but --size can be huge
     names = [s.name for s in systems]
     write_json(args, upstreams, wrk, records, notes, names, procs.history)
+    print(
+        f"Origin: {upstreams.origin_kind}; GET load: {'wrk' if wrk else 'Python generator'}; ",
+        end="",
+    )
+    print(f"{os.cpu_count()} CPUs; load average at the end {os.getloadavg()[0]:.1f}\n")
     print(report.markdown(records, names, args.scenarios, args.rounds))
     for note in notes:
         print(f"- note: {note}")

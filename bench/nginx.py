@@ -8,6 +8,8 @@ answer CONNECT, so the tunnel comparison uses a `stream {}` TCP relay to the
 origin, which is less work than a CONNECT (no head to parse).
 """
 
+from __future__ import annotations
+
 import os
 import re
 import shutil

@@ -6,6 +6,8 @@ cmux-gevent's `--workers` children go with their parent, nothing else does.
 `ProcessSet.stop_all()` runs in a `finally`, so Ctrl-C and SIGTERM clean up too.
 """
 
+from __future__ import annotations
+
 import os
 import signal
 import socket

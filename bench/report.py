@@ -1,9 +1,11 @@
 """Medians over rounds, ratios to reference systems, and the Markdown tables.
 
 Every ratio is this system's median divided by the reference's median, for the
-same metric. Whether bigger is better depends on the metric (the `better`
-column of METRICS); the table headers carry an arrow saying which.
+same metric. Whether bigger is better depends on the metric (`higher_is_better`
+in METRICS); the table headers carry an arrow saying which.
 """
+
+from __future__ import annotations
 
 import statistics
 from typing import NamedTuple

@@ -5,6 +5,8 @@ reach upstream port P (`http_port(P)`), and how does it tunnel raw bytes
 (`tunnel`)? `direct` connects to the upstream itself: the limit of the box.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 from pathlib import Path
