@@ -12,8 +12,7 @@ import time
 
 import psutil
 import pytest
-
-from tests.integration.recording import (
+from recording import (
     RecordingUpstream,
     ScriptedUpstream,
     cpu_seconds,

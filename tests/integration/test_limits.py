@@ -10,8 +10,7 @@ import threading
 import time
 
 import pytest
-
-from tests.integration.recording import (
+from recording import (
     RecordingUpstream,
     read_response,
     read_until_close,

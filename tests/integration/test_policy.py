@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
-from tests.conftest import REPO, free_port
-from tests.integration.recording import RecordingUpstream, send_raw
+from conftest import REPO, free_port
+from recording import RecordingUpstream, send_raw
 
 
 def request(port: int, method: bytes = b"GET", host: bytes = b"t") -> bytes:

@@ -9,9 +9,8 @@ import socket
 import threading
 
 import pytest
-
-from tests.conftest import ProxyProcess
-from tests.integration.recording import (
+from conftest import ProxyProcess
+from recording import (
     RecordingUpstream,
     ScriptedUpstream,
     read_response,

@@ -12,8 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
-
-from tests.integration.recording import (
+from integration.recording import (
     RecordingUpstream,
     ScriptedUpstream,
     cpu_seconds,
