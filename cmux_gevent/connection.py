@@ -18,7 +18,7 @@ from .errors import ClientError, ProxyError, UpstreamError, render_error
 from .parser import END, RequestParser, ResponseParser
 from .pool import connect
 from .relay import Tunnel
-from .route import route
+from .route import origin_form, route
 
 log = logging.getLogger("cmux_gevent.access")
 CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
@@ -95,6 +95,7 @@ class ClientConnection:
         self.responding = False
         try:
             h.check_request(head)
+            head = exchange.head = origin_form(head, self.config.listen)
             exchange.target = target = route(head, self.config)
             if head.method == b"CONNECT":
                 return self._connect(exchange, target)

@@ -89,12 +89,7 @@ def _workspace(head: RequestHead, host_workspace: Optional[str]) -> Optional[str
 
 
 def route(head: RequestHead, config) -> Target:
-    """The upstream for `head`: headers first, the Host route for what they leave out.
-
-    An absolute-form target is first rewritten to origin-form (see `to_origin_form`).
-    """
-    if head.method != b"CONNECT" and head.target[:1] not in (b"/", b"*"):
-        to_origin_form(head, config.listen)
+    """The upstream for `head` (in origin-form): headers first, the Host route for the rest."""
     host_workspace, host_port = host_route(head.get(b"host"))
     port = _port(head, host_port)
     workspace = _workspace(head, host_workspace)
@@ -110,22 +105,25 @@ def route(head: RequestHead, config) -> Target:
     return target
 
 
-def to_origin_form(head: RequestHead, listen) -> None:
-    """Rewrite `http://authority/path` in place to `/path` with `Host: authority`.
+def origin_form(head: RequestHead, listen) -> RequestHead:
+    """`head`, or for `http://authority/path` a new head for `/path` with `Host: authority`.
 
-    Accepted only when the authority names this proxy: a `<ws>-<port>.localhost`
-    route or one of our listen addresses. Anything else would make us an open
-    forward proxy, so it is a 400. As RFC 9112 3.2.2 requires, the authority
-    replaces any Host header the client sent.
+    Absolute-form is accepted only when the authority names this proxy: a
+    `<ws>-<port>.localhost` route or one of our listen addresses. Anything else
+    would make us an open forward proxy, so it is a 400. As RFC 9112 3.2.2
+    requires, the authority replaces any Host header the client sent.
     """
+    if head.method == b"CONNECT" or head.target[:1] in (b"/", b"*"):
+        return head
     rest = head.target[len(b"http://") :]
     cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
     authority, path = rest[:cut], rest[cut:]
     if not _names_us(authority, listen):
         raise ClientError(400, "bad request: request target must be a path or name this proxy")
-    head.target = path if path.startswith(b"/") else b"/" + path
-    head.headers = [(n, v) for n, v in head.headers if n.lower() != b"host"]
-    head.headers.append((b"Host", authority))
+    target = path if path.startswith(b"/") else b"/" + path
+    headers = [(n, v) for n, v in head.headers if n.lower() != b"host"]
+    headers.append((b"Host", authority))
+    return RequestHead(head.method, target, head.version, headers, head.keep_alive, head.upgrade)
 
 
 def _names_us(authority: bytes, listen) -> bool:
