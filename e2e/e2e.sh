@@ -90,12 +90,14 @@ fi
 
 STEP=0
 PASSED=0
-PIDS=()    # every process we started, stopped with SIGTERM
-PG_PIDS=() # postmasters, stopped with SIGINT (fast shutdown)
+PIDS=()      # every process we started, stopped with SIGTERM
+PG_PIDS=()   # postmasters, stopped with SIGINT (fast shutdown)
+STEP_LOGS=() # logs of the processes the current step started, shown if it fails
 WORK=''
 
 step() {
 	STEP=$((STEP + 1))
+	STEP_LOGS=()
 	printf '\n%s%s%d. %s%s\n' "$BOLD" "$BLUE" "$STEP" "$*" "$RESET"
 }
 
@@ -121,7 +123,7 @@ stop_all() {
 	deadline=$((SECONDS + 10))
 	for pid in "${PG_PIDS[@]}" "${PIDS[@]}"; do
 		while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-		kill -KILL "$pid" 2>/dev/null || true
+		if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
 	done
 	wait 2>/dev/null || true
 }
@@ -131,11 +133,12 @@ cleanup() {
 	trap - EXIT INT TERM
 	stop_all
 	if ((status != 0)) && [[ -n $WORK ]]; then
-		for log in "$WORK"/logs/*.log; do
+		for log in "$WORK/logs/proxy.log" "${STEP_LOGS[@]:0:6}"; do
 			[[ -s $log ]] || continue
 			printf '%s--- last lines of %s%s\n' "$BOLD" "${log##*/}" "$RESET" >&2
 			tail -n 8 "$log" >&2
 		done
+		[[ $KEEP_WORK == 1 ]] || echo "(KEEP_WORK=1 keeps every log)" >&2
 	fi
 	if [[ -n $WORK && $KEEP_WORK != 1 ]]; then
 		rm -rf "$WORK"
@@ -155,6 +158,7 @@ spawn() {
 	shift
 	"$@" >"$WORK/logs/$name.log" 2>&1 &
 	PIDS+=("$!")
+	STEP_LOGS+=("$WORK/logs/$name.log")
 }
 
 # in_ws WS CMD...: run CMD inside workspace WS the way a developer's shell would:
@@ -183,6 +187,9 @@ wait_for() {
 		sleep 0.1
 	done
 }
+
+# elapsed START: seconds since START (an $EPOCHREALTIME value), e.g. "1.25s".
+elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2fs", b - a }'; }
 
 port_free() { "$PYTHON" "$HELPERS" port-free "$1" "$2" 2>/dev/null; }
 
@@ -349,15 +356,16 @@ scenario_same_port() {
 
 scenario_stress() {
 	step "Stress: $STRESS_N servers on port $STRESS_PORT in distinct workspaces"
-	local i started=$SECONDS figures
+	local i started=$EPOCHREALTIME figures
 	for ((i = 0; i < STRESS_N; i++)); do
 		http_server "workspace-$((STRESS_BASE + i))" "$STRESS_PORT"
 	done
+	ok "$STRESS_N servers launched in $(elapsed "$started")"
 	figures=$("$PYTHON" "$HELPERS" stress --proxy "127.0.0.1:$PORT" --port "$STRESS_PORT" \
 		--base "$STRESS_BASE" --count "$STRESS_N" --conc "$STRESS_CONC" \
 		--rounds "$STRESS_ROUNDS" --deadline "$((UP_TIMEOUT * 3))") ||
 		fail "stress: some workspace was not up or answered for another (see above)"
-	ok "$figures ($((SECONDS - started))s in all)"
+	ok "$figures; $(elapsed "$started") from the first launch"
 	for i in 0 $((STRESS_N / 2)) $((STRESS_N - 1)); do
 		expect_host "200 ok-workspace-$((STRESS_BASE + i))" "workspace-$((STRESS_BASE + i))" "$STRESS_PORT"
 	done
