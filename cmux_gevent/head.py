@@ -46,31 +46,19 @@ def tokens(value: Optional[bytes]) -> List[bytes]:
 
 
 class _Head:
-    __slots__ = ("version", "headers", "keep_alive", "upgrade", "_fields")
-
-    def _index(self):
-        """Values by lowercase name, built on first lookup: routing asks several times."""
-        fields = {}
-        for name, value in self.headers:
-            fields.setdefault(name.lower(), []).append(value)
-        self._fields = fields
-        return fields
+    __slots__ = ("version", "headers", "keep_alive", "upgrade", "names")
 
     def get(self, lower_name: bytes) -> Optional[bytes]:
         """The first value of a header, by lowercase name."""
-        try:
-            fields = self._fields
-        except AttributeError:
-            fields = self._index()
-        values = fields.get(lower_name)
-        return values[0] if values else None
+        names = self.names
+        if lower_name in names:  # list scans run in C: cheaper than building a dict
+            return self.headers[names.index(lower_name)][1]
+        return None
 
     def get_all(self, lower_name: bytes) -> List[bytes]:
-        try:
-            fields = self._fields
-        except AttributeError:
-            fields = self._index()
-        return list(fields.get(lower_name, ()))
+        if lower_name not in self.names:
+            return []
+        return [pair[1] for pair, name in zip(self.headers, self.names) if name == lower_name]
 
 
 class RequestHead(_Head):
@@ -83,6 +71,7 @@ class RequestHead(_Head):
         self.target: bytes = target
         self.version: str = version
         self.headers: List[Header] = headers
+        self.names: List[bytes] = [name.lower() for name, _ in headers]
         self.keep_alive: bool = keep_alive
         self.upgrade: bool = upgrade
 
@@ -97,6 +86,7 @@ class ResponseHead(_Head):
         self.reason: bytes = reason
         self.version: str = version
         self.headers: List[Header] = headers
+        self.names: List[bytes] = [name.lower() for name, _ in headers]
         self.keep_alive: bool = keep_alive
         self.upgrade: bool = upgrade
 
@@ -164,18 +154,19 @@ def response_framing(method: bytes, head: "ResponseHead") -> Tuple[str, int]:
     return CLOSE, 0
 
 
+_ALWAYS_DROPPED = HOP_BY_HOP | ROUTING_HEADERS
+
+
 def end_to_end(headers: Iterable[Header], keep: FrozenSet[bytes] = frozenset()) -> List[Header]:
     """`headers` without hop-by-hop fields, the fields Connection names, and routing fields.
 
     Names in `keep` (lowercase) survive even if hop-by-hop (Upgrade, for upgrades).
     """
-    dropped = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            dropped.update(tokens(value))
-    dropped.difference_update(keep)
-    dropped |= (HOP_BY_HOP | ROUTING_HEADERS) - keep
-    return [(n, v) for n, v in headers if n.lower() not in dropped]
+    named = [t for n, v in headers if n.lower() == b"connection" for t in tokens(v)]
+    dropped = _ALWAYS_DROPPED.union(named) if named else _ALWAYS_DROPPED
+    if keep:
+        dropped = dropped - keep
+    return [pair for pair in headers if pair[0].lower() not in dropped]
 
 
 def _header_lines(headers: Iterable[Header]) -> bytes:
