@@ -187,6 +187,11 @@ def errors_in_every_chunking(data, limits=None):
         (b"GET / HTTP/1.1\r\nName : 1\r\n\r\n", "bad request: "),
         (b"GET / HTTP/1.1\r\nA: b\x01c\r\n\r\n", "bad request: "),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad request: "),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "bad",
+        ),
+        (b"GET a/b HTTP/1.1\r\n\r\n", "bad request: "),
     ],
 )
 def test_malformed_requests_are_400_in_every_chunking(data, reason):
