@@ -26,7 +26,6 @@ daemon off;
 master_process on;
 pid {dir}/{name}.pid;
 error_log {dir}/{name}.err warn;
-worker_rlimit_nofile 40000;
 """
 
 TEMP_PATHS = """\
@@ -39,7 +38,7 @@ TEMP_PATHS = """\
 
 ORIGIN = """\
 {load}worker_processes 1;
-{common}events {{ worker_connections 20000; multi_accept on; }}
+{common}events {{ worker_connections 16000; multi_accept on; }}
 http {{
     access_log off;
     sendfile on;
@@ -58,7 +57,7 @@ http {{
 
 PROXY = """\
 {load}worker_processes {workers};
-{common}events {{ worker_connections 20000; multi_accept on; }}
+{common}events {{ worker_connections 16000; multi_accept on; }}
 http {{
     access_log off;
     tcp_nodelay on;
