@@ -130,11 +130,12 @@ def test_bad_arguments_exit_2_with_a_clear_message(args, message):
 
 
 @pytest.mark.timeout(20)
-def test_port_taken_exits_2_and_leaves_nothing_listening():
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_port_taken_exits_2_and_leaves_nothing_listening(workers):
     free = free_port()
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        result = run("--listen", f"127.0.0.1:{free},127.0.0.1:{port}")
+        result = run("--listen", f"127.0.0.1:{free},127.0.0.1:{port}", "--workers", workers)
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "in use" in result.stderr.lower()
@@ -148,6 +149,18 @@ def test_listen_dedupe_wildcard_and_loopback_same_port(daemon):
     wait_for_port("127.0.0.1", port, proc=d.proc)
     assert d.proc.poll() is None
     assert "in use" not in d.log().lower()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
+def test_ipv6_listen_serves(daemon):
+    port = free_port("::1")
+    d = daemon("--listen", f"[::1]:{port}")
+    wait_for_port("::1", port, proc=d.proc)
+    with Upstream(echo_http) as up:
+        wire = Wire.connect(port, host="::1")
+        wire.send(routed("GET", "/v6", up.port))
+        assert described(wire.read_response())["target"] == "/v6"
 
 
 @pytest.mark.timeout(20)
