@@ -12,7 +12,7 @@ from gevent import socket
 
 from . import head as h
 from .body import (
-    MessageReader, ConnectionGone, copy_events, copy_raw, send, take_queued_body,
+    MessageReader, ConnectionGone, copy_events, copy_raw, send, send_all, take_queued_body,
 )
 from .errors import ClientError, ProxyError, UpstreamError, render_error
 from .parser import END, RequestParser, ResponseParser
@@ -175,7 +175,12 @@ class ClientConnection:
             send_upstream(upstream, out, target)
             if uploader is not None:
                 uploader.start()
-            reusable, keep = self._relay_response(exchange, target, upstream)
+            try:
+                reusable, keep = self._relay_response(exchange, target, upstream)
+            except UpstreamError:
+                if uploader is not None and uploader.error is not None:
+                    raise uploader.error from None  # the upstream went because the body was bad
+                raise
             if uploader is not None and not uploader.finished():
                 reusable = keep = False
             return keep
@@ -390,12 +395,13 @@ class _RetryFresh(UpstreamError):
 class _Uploader:
     """The request-body copy greenlet, paired with the handler that relays the response."""
 
-    __slots__ = ("reader", "upstream", "chunked", "timeout", "greenlet", "ok")
+    __slots__ = ("reader", "upstream", "chunked", "timeout", "greenlet", "ok", "error")
 
     def __init__(self, reader, upstream, chunked, timeout):
         self.reader, self.upstream, self.chunked, self.timeout = reader, upstream, chunked, timeout
         self.greenlet = None
         self.ok = False
+        self.error = None  # a malformed body (bad chunk): the client gets this, not a 502
 
     def start(self):
         self.greenlet = gevent.spawn(self._run)
@@ -404,7 +410,9 @@ class _Uploader:
         try:
             copy_events(self.reader, self.upstream, self.chunked, self.timeout)
             self.ok = True
-        except (ConnectionGone, ProxyError, OSError):
+        except (ConnectionGone, ProxyError, OSError) as exc:
+            if isinstance(exc, ProxyError):
+                self.error = exc
             try:  # wake the handler: the exchange cannot complete
                 self.upstream.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -419,7 +427,7 @@ class _Uploader:
 
 def send_upstream(upstream, data: bytes, target) -> None:
     try:
-        upstream.sendall(data)
+        send_all(upstream, data)
     except OSError as exc:
         raise _RetryFresh(target, exc) from None
 

@@ -7,6 +7,7 @@ side is settled: the upstream saw the sentinel and nothing else.
 
 import socket
 import threading
+import time
 
 import pytest
 from conftest import ProxyProcess
@@ -253,3 +254,23 @@ def test_absolute_form_other_authority_refused(proxy, upstream, target):
     assert reply.status == 400, reply
     assert reply.closed
     assert_only_sentinel(proxy, upstream)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("name", list(BAD_CHUNKS))
+def test_invalid_chunk_after_head_went_upstream(proxy, upstream, name):
+    """The head is forwarded first; the bad chunk then never follows and that upstream is closed."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=3) as sock:
+        sock.sendall(CHUNKED_HEAD % {b"port": upstream.port})
+        upstream.wait_connections(1)
+        while not upstream.received().endswith(b"\r\n\r\n"):
+            time.sleep(0.01)
+        sock.sendall(BAD_CHUNKS[name])
+        reply = read_until_close(sock, 3)
+    assert reply.status == 400, reply
+    assert reply.closed
+    upstream.wait_all_closed(timeout=3)
+    forwarded, _, body = upstream.received().partition(b"\r\n\r\n")
+    assert forwarded.startswith(b"POST /upload HTTP/1.1\r\n")
+    assert body in (b"", b"3\r\nok!\r\n"), body
+    assert upstream.connections[0].answered == 0
