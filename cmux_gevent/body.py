@@ -47,10 +47,21 @@ class MessageReader:
         return events.popleft()
 
 
+def send_all(sock, data) -> None:
+    """Write all of `data`: one send() in the usual case.
+
+    gevent's sendall asks the kernel for SO_SNDBUF on every call; a head and a
+    small body almost always fit the socket buffer, so try a plain send first.
+    """
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
 def send(sock, data) -> None:
-    """sendall that reports a vanished peer as ConnectionGone."""
+    """send_all that reports a vanished peer as ConnectionGone."""
     try:
-        sock.sendall(data)
+        send_all(sock, data)
     except OSError as exc:
         raise ConnectionGone(str(exc)) from None
 

@@ -141,6 +141,7 @@ class Config:
             raise ConfigError(f"--log-level: unknown level {v['log_level']!r}")
         self.allow_ports = parse_ports(v["allow_ports"])
         self.deny_ports = parse_ports(v["deny_ports"])
+        self._ports = self._port_table()
         self.limits = Limits(
             _positive("--max-head-bytes", v["max_head_bytes"]),
             _positive("--max-headers", v["max_headers"]),
@@ -162,10 +163,16 @@ class Config:
         )
 
     def port_allowed(self, port: int) -> bool:
-        def within(ranges):
-            return any(low <= port <= high for low, high in ranges)
+        return bool(self._ports[port])
 
-        return within(self.allow_ports) and not within(self.deny_ports)
+    def _port_table(self) -> bytearray:
+        """One byte per port, 1 = allowed: the per-request check is an index."""
+        table = bytearray(65536)
+        for low, high in self.allow_ports:
+            table[low : high + 1] = b"\x01" * (high - low + 1)
+        for low, high in self.deny_ports:
+            table[low : high + 1] = bytes(high - low + 1)
+        return table
 
     @classmethod
     def from_sources(cls, flags: Mapping[str, Optional[List[str]]], environ: Mapping[str, str]) -> "Config":

@@ -12,7 +12,7 @@ from gevent import socket
 
 from . import head as h
 from .body import (
-    MessageReader, ConnectionGone, copy_events, copy_raw, send, take_queued_body,
+    MessageReader, ConnectionGone, copy_events, copy_raw, send, send_all, take_queued_body,
 )
 from .errors import ClientError, ProxyError, UpstreamError, render_error
 from .parser import END, RequestParser, ResponseParser
@@ -427,7 +427,7 @@ class _Uploader:
 
 def send_upstream(upstream, data: bytes, target) -> None:
     try:
-        upstream.sendall(data)
+        send_all(upstream, data)
     except OSError as exc:
         raise _RetryFresh(target, exc) from None
 

@@ -5,6 +5,7 @@ parsed fields, never copied from the peer's raw bytes, so only well-formed heads
 ever reach a dev server or a browser.
 """
 
+import re
 from typing import FrozenSet, Iterable, List, Optional, Tuple
 
 from .errors import ClientError
@@ -99,10 +100,9 @@ def check_request(head: RequestHead) -> None:
     """
     if head.version not in ("1.1", "1.0"):
         raise ClientError(400, f"bad request: unsupported HTTP version {head.version}")
-    encodings = head.get_all(b"transfer-encoding")
-    if encodings and (len(encodings) > 1 or encodings[0].lower() != b"chunked"):
+    if not _chunked_only(head):
         raise ClientError(400, "bad request: Transfer-Encoding other than chunked")
-    if len(head.get_all(b"host")) > 1:  # RFC 9112 3.2: which one routes is ambiguous
+    if head.names.count(b"host") > 1:  # RFC 9112 3.2: which one routes is ambiguous
         raise ClientError(400, "bad request: more than one Host header")
     target = head.target
     if head.method == b"CONNECT":
@@ -114,6 +114,9 @@ def check_request(head: RequestHead) -> None:
     raise ClientError(400, "bad request: request target must be a path")
 
 
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def response_problem(head: "ResponseHead") -> Optional[str]:
     """Why an upstream response head must not be relayed, or None (llhttp checked the rest).
 
@@ -122,21 +125,30 @@ def response_problem(head: "ResponseHead") -> Optional[str]:
     """
     if head.version not in ("1.1", "1.0"):
         return f"unsupported HTTP version {head.version}"
-    if any(byte < 0x20 and byte != 0x09 or byte == 0x7F for byte in head.reason):
+    if _CONTROL.search(head.reason):
         return "control character in reason phrase"
-    encodings = head.get_all(b"transfer-encoding")
-    if encodings and (len(encodings) > 1 or encodings[0].lower() != b"chunked"):
+    if not _chunked_only(head):
         return "Transfer-Encoding other than chunked"
     return None
 
 
+def _chunked_only(head: _Head) -> bool:
+    """No Transfer-Encoding, or exactly one that is exactly `chunked`."""
+    if b"transfer-encoding" not in head.names:
+        return True
+    encodings = head.get_all(b"transfer-encoding")
+    return len(encodings) == 1 and encodings[0].lower() == b"chunked"
+
+
 def request_framing(head: RequestHead) -> Tuple[str, int]:
     """How the request body ends, from the headers llhttp validated."""
-    if head.get(b"transfer-encoding") is not None:
+    names = head.names
+    if b"transfer-encoding" in names:
         return CHUNKED, 0
-    length = head.get(b"content-length")
-    if length is not None and int(length) > 0:
-        return LENGTH, int(length)
+    if b"content-length" in names:
+        length = int(head.headers[names.index(b"content-length")][1])
+        if length:
+            return LENGTH, length
     return NONE, 0
 
 
@@ -145,12 +157,12 @@ def response_framing(method: bytes, head: "ResponseHead") -> Tuple[str, int]:
     status = head.status
     if method == b"HEAD" or status < 200 or status in (204, 304):
         return NONE, 0
-    encoding = head.get(b"transfer-encoding")
-    if encoding is not None:
+    names = head.names
+    if b"transfer-encoding" in names:
         return CHUNKED, 0  # the only coding `response_problem` lets through
-    length = head.get(b"content-length")
-    if length is not None:
-        return (LENGTH, int(length)) if int(length) else (NONE, 0)
+    if b"content-length" in names:
+        length = int(head.headers[names.index(b"content-length")][1])
+        return (LENGTH, length) if length else (NONE, 0)
     return CLOSE, 0
 
 

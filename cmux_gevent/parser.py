@@ -45,7 +45,6 @@ class _EventParser:
         self._parser = self.parser_class(self)
         self._awaiting_head = True  # bytes fed now count against max_head_bytes
         self._head_bytes = 0
-        self._headers_done = False  # headers seen after this are chunked trailers
         self._headers: List[Header] = []
         self._fields_bytes = 0  # target/reason + header lines: the head's size, however chunked
 
@@ -83,28 +82,27 @@ class _EventParser:
 
     def on_message_begin(self):
         self.messages_begun += 1
-        self._headers_done = False
         self._headers = []
         self._fields_bytes = 0
 
     def on_header(self, name: bytes, value: bytes):
-        if self._headers_done:
-            return  # chunked trailers: dropped, never forwarded
-        headers = self._headers
-        headers.append((name, value))
-        self._fields_bytes += len(name) + len(value) + 4  # "name: value\r\n"
-        if len(headers) > self.limits.max_headers:
-            raise self.oversized("too many header fields")
+        # The hottest callback: only append. Counting happens once per head below,
+        # and `feed` bounds the bytes of a head that is still incomplete.
+        self._headers.append((name, value))
 
     def on_headers_complete(self):
-        # `feed` only bounds a head still incomplete; one that completed inside a
-        # single large read is measured here, so the limit holds for any chunking.
-        if self._fields_bytes > self.limits.max_head_bytes:
+        headers = self._headers
+        self._headers = []  # chunked trailers land here and are dropped, never forwarded
+        if len(headers) > self.limits.max_headers:
+            raise self.oversized("too many header fields")
+        # A head that completed inside one large read is measured here, so the size
+        # limit holds for any chunking ("name: value\r\n" per field).
+        size = self._fields_bytes + sum(len(n) + len(v) + 4 for n, v in headers)
+        if size > self.limits.max_head_bytes:
             raise self.oversized("request header fields too large")
-        self._headers_done = True
         self._awaiting_head = False
         self._head_bytes = 0
-        self.events.append(self.build_head(self._headers))
+        self.events.append(self.build_head(headers))
 
     def on_body(self, body: bytes):
         self.events.append((BODY, body))
