@@ -31,13 +31,15 @@ class Daemon:
     def __init__(self, tmp_path, args, env=None, cmd=PYTHON):
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("CMUX_")}
         full_env.update(env or {})
-        self.log_path = tmp_path / f"daemon-{time.monotonic_ns()}.log"
-        with open(self.log_path, "wb") as log:
+        stem = tmp_path / f"daemon-{time.monotonic_ns()}"
+        self.log_path, self.out_path = stem.with_suffix(".err"), stem.with_suffix(".out")
+        with open(self.log_path, "wb") as err, open(self.out_path, "wb") as out:
             self.proc = subprocess.Popen(
-                [*cmd, *args], env=full_env, cwd=str(REPO), stdout=log, stderr=log
+                [*cmd, *args], env=full_env, cwd=str(REPO), stdout=out, stderr=err
             )
 
     def log(self) -> str:
+        """What the daemon wrote to stderr (stdout is kept apart, in `out_path`)."""
         return self.log_path.read_text()
 
     def wait(self, timeout=10) -> int:
@@ -253,6 +255,7 @@ def test_one_access_log_line_per_request(daemon):
         d.stop()
         logged = lines()
     assert len(logged) == 3, logged
+    assert "client=" not in d.out_path.read_text()  # the access log goes to stderr only
     pattern = (
         rf"client=127\.0\.0\.1 method=GET path=/a\?b=1 port={up.port} upstream=127\.0\.0\.1 "
         rf"status=200 bytes={size} ms=\d+$"
