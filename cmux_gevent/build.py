@@ -40,6 +40,8 @@ def build_pyz(output: str = DEFAULT_OUTPUT, python: str = sys.executable) -> str
     pip resolves the dependencies from the wheel's metadata (setup.py's
     install_requires), so there is one list of them.
     """
+    if not os.path.isfile(os.path.join(ROOT, "setup.py")):
+        raise SystemExit(f"{ROOT} is not a source checkout: run this from a clone of cmux-gevent")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="cmux-pyz-") as tmp:
         wheel = build_wheel(python, tmp)
