@@ -9,6 +9,7 @@ splitting), and `malformed_heads()` checks the received heads against RFC 9112
 grammar with regular expressions.
 """
 
+import os
 import re
 import socket
 import threading
@@ -398,3 +399,30 @@ def wait_fds(pid: int, at_most: int, timeout: float = 10.0) -> int:
 def cpu_seconds(pid: int) -> float:
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
+
+
+#: relay.py keeps up to this many empty splice pipes (two fds each) for the next large body.
+PIPE_POOL_FDS = 2 * 16
+
+
+def fd_census(pid: int) -> dict:
+    """The process's open fds by kind ("socket", "pipe", "anon_inode", "file")."""
+    kinds: dict = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed while we looked
+        kind = target.split(":", 1)[0] if ":" in target and not target.startswith("/") else "file"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+def wait_sockets(pid: int, at_most: int, timeout: float = 10.0) -> dict:
+    """Poll until the process holds at most `at_most` sockets; returns the last census."""
+    deadline = time.monotonic() + timeout
+    census = fd_census(pid)
+    while census.get("socket", 0) > at_most and time.monotonic() < deadline:
+        time.sleep(0.05)
+        census = fd_census(pid)
+    return census
