@@ -9,6 +9,8 @@ splitting), and `malformed_heads()` checks the received heads against RFC 9112
 grammar with regular expressions.
 """
 
+from __future__ import annotations
+
 import os
 import re
 import socket
