@@ -66,29 +66,30 @@ def send(sock, data) -> None:
         raise ConnectionGone(str(exc)) from None
 
 
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
 def copy_events(reader: MessageReader, dst, chunked: bool, timeout) -> int:
-    """Copy BODY events to `dst` until END, chunk-framed if `chunked`; returns bytes copied."""
+    """Copy BODY events to `dst` until END, chunk-framed if `chunked`; returns bytes copied.
+
+    Whatever one read produced leaves in one gathered write.
+    """
     copied = 0
+    events = reader.parser.events
     while True:
-        event = reader.next_event(timeout)
-        if event is END:
-            if chunked:
-                send(dst, CHUNKED_END)
+        while not events:
+            reader.read_more(timeout)
+        pieces = []
+        taken, ended = take_queued_body(reader, chunked, pieces)
+        copied += taken
+        send_pieces(dst, pieces)
+        if ended:
             return copied
-        data = event[1]
-        copied += len(data)
-        send(dst, chunk(data) if chunked else data)
 
 
 def take_queued_body(reader: MessageReader, chunked: bool, pieces: list):
     """Append the BODY events the parser already produced to `pieces`, framed.
 
     Returns (body bytes taken, whether the message END was reached); with
-    `chunked`, a reached END also appends the terminating zero chunk.
+    `chunked`, a reached END also appends the terminating zero chunk. Chunk
+    framing is added as separate pieces so bodies are never copied to frame them.
     """
     events = reader.parser.events
     taken = 0
@@ -102,9 +103,27 @@ def take_queued_body(reader: MessageReader, chunked: bool, pieces: list):
         if not (isinstance(event, tuple) and event[0] == BODY):
             break
         events.popleft()
-        taken += len(event[1])
-        pieces.append(chunk(event[1]) if chunked else event[1])
+        data = event[1]
+        taken += len(data)
+        if chunked:
+            pieces += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            pieces.append(data)
     return taken, False
+
+
+def send_pieces(sock, pieces: list) -> None:
+    """Write `pieces` in order with one gathered send in the usual case."""
+    if len(pieces) < 2:
+        if pieces:
+            send(sock, pieces[0])
+        return
+    try:
+        sent = sock.sendmsg(pieces)
+        if sent < sum(map(len, pieces)):
+            sock.sendall(memoryview(b"".join(pieces))[sent:])
+    except OSError as exc:
+        raise ConnectionGone(str(exc)) from None
 
 
 def copy_raw(src, dst, remaining, chunked: bool, timeout) -> int:
@@ -131,7 +150,7 @@ def copy_raw(src, dst, remaining, chunked: bool, timeout) -> int:
         if not data:
             break
         copied += len(data)
-        send(dst, chunk(data) if chunked else data)
+        send_pieces(dst, [b"%x\r\n" % len(data), data, b"\r\n"] if chunked else [data])
     if remaining is not None and copied < remaining:
         raise ConnectionGone("peer closed before the end of the body")
     if chunked:

@@ -12,7 +12,7 @@ from gevent import socket
 
 from . import head as h
 from .body import (
-    MessageReader, ConnectionGone, copy_events, copy_raw, send, send_all, take_queued_body,
+    MessageReader, ConnectionGone, copy_events, copy_raw, send, send_all, send_pieces, take_queued_body,
 )
 from .errors import ClientError, ProxyError, UpstreamError, render_error
 from .parser import END, RequestParser, ResponseParser
@@ -259,7 +259,7 @@ class ClientConnection:
             return 0
         pieces = [head]
         sent, ended = take_queued_body(reader, chunked_out, pieces)
-        send(self.sock, b"".join(pieces))
+        send_pieces(self.sock, pieces)
         if ended:
             return sent
         if framing != h.LENGTH:  # a stream (SSE, long poll) may idle: notice a client leaving
