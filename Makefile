@@ -22,8 +22,8 @@ docker-e2e:
 	bash e2e/docker.sh
 
 lint:
-	ruff check --line-length 100 .
-	ruff format --check --line-length 100 .
+	ruff check .
+	ruff format --check .
 	shellcheck e2e/e2e.sh e2e/docker.sh .ci/run
 
 clean:

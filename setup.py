@@ -23,9 +23,7 @@ def compile_shim(out_dir):
     os.makedirs(out_dir, exist_ok=True)
     cc = os.environ.get("CC", "cc")
     target = os.path.join(out_dir, SHIM_NAME)
-    subprocess.check_call(
-        [cc, *SHIM_CFLAGS, "-o", target, os.path.join(HERE, SHIM_SOURCE), "-ldl"]
-    )
+    subprocess.check_call([cc, *SHIM_CFLAGS, "-o", target, os.path.join(HERE, SHIM_SOURCE), "-ldl"])
 
 
 class BuildPyWithShim(build_py):
@@ -69,6 +67,7 @@ setup(
             "websocket-client>=1.6",
             "psutil>=5.9",
             "hypothesis>=6.80",
+            "shiv>=1.0",
         ],
     },
     entry_points={

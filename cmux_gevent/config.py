@@ -27,38 +27,118 @@ class Option(NamedTuple):
 
 
 OPTIONS: List[Option] = [
-    Option("--listen", "ADDR", "CMUX_LISTEN", "0.0.0.0:8080,127.0.0.1:8080",
-           "Address to listen on; repeatable and comma-separated. [::]:P for IPv6."),
-    Option("--upstream-host", "HOST", "CMUX_UPSTREAM_HOST", "127.0.0.1",
-           "Upstream host when the request names no workspace."),
-    Option("--workers", "N", "CMUX_WORKERS", "1",
-           "Worker processes sharing the listen sockets (SO_REUSEPORT)."),
-    Option("--log-level", "LEVEL", "CMUX_LOG_LEVEL", "info",
-           "debug, info (one access-log line per request), warning or error."),
-    Option("--allow-ports", "PORTS", "CMUX_ALLOW_PORTS", "1-65535",
-           "Upstream ports that may be reached, e.g. 3000-3999,5432."),
-    Option("--deny-ports", "PORTS", "CMUX_DENY_PORTS", "",
-           "Upstream ports that are refused (403), e.g. 22,25."),
-    Option("--max-head-bytes", "BYTES", "CMUX_MAX_HEAD_BYTES", "65536",
-           "Largest request head; larger gets 431."),
-    Option("--max-headers", "N", "CMUX_MAX_HEADERS", "100",
-           "Most header fields in a request; more gets 431."),
-    Option("--max-request-line", "BYTES", "CMUX_MAX_REQUEST_LINE", "8192",
-           "Longest request target; longer gets 414."),
-    Option("--head-timeout", "SECS", "CMUX_HEAD_TIMEOUT", "30",
-           "Time a client has to send a complete request head."),
-    Option("--keepalive-timeout", "SECS", "CMUX_KEEPALIVE_TIMEOUT", "75",
-           "Idle time allowed between requests on a client connection."),
-    Option("--connect-timeout", "SECS", "CMUX_CONNECT_TIMEOUT", "5",
-           "Time to establish an upstream connection."),
-    Option("--response-timeout", "SECS", "CMUX_RESPONSE_TIMEOUT", "300",
-           "Time for an upstream to send its response head (dev servers compile)."),
-    Option("--tunnel-idle-timeout", "SECS", "CMUX_TUNNEL_IDLE_TIMEOUT", "0",
-           "Close WebSocket/CONNECT tunnels idle this long; 0 = never."),
-    Option("--max-connections", "N", "CMUX_MAX_CONNECTIONS", "auto",
-           "Concurrent client connections; auto = sized from the fd limit."),
-    Option("--drain-timeout", "SECS", "CMUX_DRAIN_TIMEOUT", "10",
-           "On SIGTERM, how long in-flight requests may take to finish."),
+    Option(
+        "--listen",
+        "ADDR",
+        "CMUX_LISTEN",
+        "0.0.0.0:8080,127.0.0.1:8080",
+        "Address to listen on; repeatable and comma-separated. [::]:P for IPv6.",
+    ),
+    Option(
+        "--upstream-host",
+        "HOST",
+        "CMUX_UPSTREAM_HOST",
+        "127.0.0.1",
+        "Upstream host when the request names no workspace.",
+    ),
+    Option(
+        "--workers",
+        "N",
+        "CMUX_WORKERS",
+        "1",
+        "Worker processes sharing the listen sockets (SO_REUSEPORT).",
+    ),
+    Option(
+        "--log-level",
+        "LEVEL",
+        "CMUX_LOG_LEVEL",
+        "info",
+        "debug, info (one access-log line per request), warning or error.",
+    ),
+    Option(
+        "--allow-ports",
+        "PORTS",
+        "CMUX_ALLOW_PORTS",
+        "1-65535",
+        "Upstream ports that may be reached, e.g. 3000-3999,5432.",
+    ),
+    Option(
+        "--deny-ports",
+        "PORTS",
+        "CMUX_DENY_PORTS",
+        "",
+        "Upstream ports that are refused (403), e.g. 22,25.",
+    ),
+    Option(
+        "--max-head-bytes",
+        "BYTES",
+        "CMUX_MAX_HEAD_BYTES",
+        "65536",
+        "Largest request head; larger gets 431.",
+    ),
+    Option(
+        "--max-headers",
+        "N",
+        "CMUX_MAX_HEADERS",
+        "100",
+        "Most header fields in a request; more gets 431.",
+    ),
+    Option(
+        "--max-request-line",
+        "BYTES",
+        "CMUX_MAX_REQUEST_LINE",
+        "8192",
+        "Longest request target; longer gets 414.",
+    ),
+    Option(
+        "--head-timeout",
+        "SECS",
+        "CMUX_HEAD_TIMEOUT",
+        "30",
+        "Time a client has to send a complete request head.",
+    ),
+    Option(
+        "--keepalive-timeout",
+        "SECS",
+        "CMUX_KEEPALIVE_TIMEOUT",
+        "75",
+        "Idle time allowed between requests on a client connection.",
+    ),
+    Option(
+        "--connect-timeout",
+        "SECS",
+        "CMUX_CONNECT_TIMEOUT",
+        "5",
+        "Time to establish an upstream connection.",
+    ),
+    Option(
+        "--response-timeout",
+        "SECS",
+        "CMUX_RESPONSE_TIMEOUT",
+        "300",
+        "Time for an upstream to send its response head (dev servers compile).",
+    ),
+    Option(
+        "--tunnel-idle-timeout",
+        "SECS",
+        "CMUX_TUNNEL_IDLE_TIMEOUT",
+        "0",
+        "Close WebSocket/CONNECT tunnels idle this long; 0 = never.",
+    ),
+    Option(
+        "--max-connections",
+        "N",
+        "CMUX_MAX_CONNECTIONS",
+        "auto",
+        "Concurrent client connections; auto = sized from the fd limit.",
+    ),
+    Option(
+        "--drain-timeout",
+        "SECS",
+        "CMUX_DRAIN_TIMEOUT",
+        "10",
+        "On SIGTERM, how long in-flight requests may take to finish.",
+    ),
 ]
 
 
@@ -148,8 +228,14 @@ class Config:
             _positive("--max-request-line", v["max_request_line"]),
         )
         seconds = {}
-        for key in ("head_timeout", "keepalive_timeout", "connect_timeout",
-                    "response_timeout", "tunnel_idle_timeout", "drain_timeout"):
+        for key in (
+            "head_timeout",
+            "keepalive_timeout",
+            "connect_timeout",
+            "response_timeout",
+            "tunnel_idle_timeout",
+            "drain_timeout",
+        ):
             seconds[key] = _positive("--" + key.replace("_", "-"), v[key], float)
         self.head_timeout = seconds["head_timeout"]
         self.keepalive_timeout = seconds["keepalive_timeout"]
@@ -159,7 +245,9 @@ class Config:
         self.drain_timeout = seconds["drain_timeout"]
         max_conn = v["max_connections"]
         self.max_connections = (
-            default_max_connections() if max_conn == "auto" else _positive("--max-connections", max_conn)
+            default_max_connections()
+            if max_conn == "auto"
+            else _positive("--max-connections", max_conn)
         )
 
     def port_allowed(self, port: int) -> bool:
@@ -175,7 +263,9 @@ class Config:
         return table
 
     @classmethod
-    def from_sources(cls, flags: Mapping[str, Optional[List[str]]], environ: Mapping[str, str]) -> "Config":
+    def from_sources(
+        cls, flags: Mapping[str, Optional[List[str]]], environ: Mapping[str, str]
+    ) -> "Config":
         """Flags (docopt's dict; repeatable flags as lists) over environment over defaults."""
         values: Dict[str, str] = {}
         for option in OPTIONS:

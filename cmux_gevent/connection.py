@@ -12,7 +12,14 @@ from gevent import socket
 
 from . import head as h
 from .body import (
-    MessageReader, ConnectionGone, copy_events, copy_raw, send, send_all, send_pieces, take_queued_body,
+    ConnectionGone,
+    MessageReader,
+    copy_events,
+    copy_raw,
+    send,
+    send_all,
+    send_pieces,
+    take_queued_body,
 )
 from .errors import ClientError, ProxyError, UpstreamError, render_error
 from .parser import END, RequestParser, ResponseParser
@@ -125,7 +132,9 @@ class ClientConnection:
         fresh = self.reader.received == 0
         started = time.monotonic()
         try:
-            self.reader.read_more(self.config.head_timeout if fresh else self.config.keepalive_timeout)
+            self.reader.read_more(
+                self.config.head_timeout if fresh else self.config.keepalive_timeout
+            )
         except (socket.timeout, ConnectionGone):
             return None
         self.idle = False
@@ -157,7 +166,9 @@ class ClientConnection:
         out = h.serialize_request(head, headers, framing)
         upstream, reused = self.proxy.pool.acquire(target.host, target.port)
         if framing != h.NONE:
-            uploader = _Uploader(self.reader, upstream, framing == h.CHUNKED, self.config.keepalive_timeout)
+            uploader = _Uploader(
+                self.reader, upstream, framing == h.CHUNKED, self.config.keepalive_timeout
+            )
             return self._exchange(exchange, target, upstream, out, uploader)
         try:
             return self._exchange(exchange, target, upstream, out, None)
@@ -248,7 +259,9 @@ class ClientConnection:
                 )
             watching = self._watch is not None and self._watch.active
             try:
-                return reader.next_event(remaining if watching else min(remaining, WATCH_CLIENT_AFTER))
+                return reader.next_event(
+                    remaining if watching else min(remaining, WATCH_CLIENT_AFTER)
+                )
             except socket.timeout:
                 self._watch_client(reader.sock)
 
@@ -285,7 +298,10 @@ class ClientConnection:
             exchange.status = 101
             self.responding = True
             keep = frozenset({b"upgrade"})
-            send(self.sock, h.serialize_response(response, h.end_to_end(response.headers, keep), [SWITCHING]))
+            send(
+                self.sock,
+                h.serialize_response(response, h.end_to_end(response.headers, keep), [SWITCHING]),
+            )
             self._tunnel(exchange, upstream, reader.parser.upgraded_rest or b"")
             return False
         finally:
@@ -300,7 +316,9 @@ class ClientConnection:
         if framing in (h.CHUNKED, h.CLOSE):
             extra.append((b"Transfer-Encoding", b"chunked"))
         out = h.serialize_response(response, h.end_to_end(response.headers), extra)
-        exchange.sent = self._relay_body(reader, framing, length, framing in (h.CHUNKED, h.CLOSE), out)
+        exchange.sent = self._relay_body(
+            reader, framing, length, framing in (h.CHUNKED, h.CLOSE), out
+        )
         return False
 
     def _connect(self, exchange, target) -> bool:
@@ -328,8 +346,12 @@ class ClientConnection:
         exchange.head = h.RequestHead(head.method, head.target, head.version, [], False, False)
         self.reader = None
         self.tunnel = Tunnel(
-            self.sock.detach(), upstream.detach(), client_rest, upstream_rest,
-            self.config.tunnel_idle_timeout, closed,
+            self.sock.detach(),
+            upstream.detach(),
+            client_rest,
+            upstream_rest,
+            self.config.tunnel_idle_timeout,
+            closed,
         )
         self.tunnel.start()
 

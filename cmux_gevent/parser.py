@@ -133,8 +133,12 @@ class RequestParser(_EventParser):
     def build_head(self, headers):
         p = self._parser
         return RequestHead(
-            p.get_method(), self._url, p.get_http_version(), headers,
-            p.should_keep_alive(), p.should_upgrade(),
+            p.get_method(),
+            self._url,
+            p.get_http_version(),
+            headers,
+            p.should_keep_alive(),
+            p.should_upgrade(),
         )
 
     def malformed(self, why):
@@ -164,8 +168,12 @@ class ResponseParser(_EventParser):
     def build_head(self, headers):
         p = self._parser
         head = ResponseHead(
-            p.get_status_code(), self._reason, p.get_http_version(), headers,
-            p.should_keep_alive(), p.should_upgrade(),
+            p.get_status_code(),
+            self._reason,
+            p.get_http_version(),
+            headers,
+            p.should_keep_alive(),
+            p.should_upgrade(),
         )
         problem = response_problem(head)
         if problem:
@@ -173,4 +181,6 @@ class ResponseParser(_EventParser):
         return head
 
     def malformed(self, why):
-        return UpstreamError(f"upstream request error: malformed response from {self.upstream}: {why}")
+        return UpstreamError(
+            f"upstream request error: malformed response from {self.upstream}: {why}"
+        )

@@ -13,11 +13,11 @@ A direction that has moved SPLICE_AFTER bytes switches from recv/send to
 splice(2) through a pooled pipe: the bytes never enter Python.
 """
 
+import _socket
 import fcntl
 import os
 import time
 
-import _socket
 import gevent
 from gevent import get_hub
 
@@ -239,10 +239,26 @@ class Tunnel:
     `on_close(up_bytes, down_bytes)` runs once, after both sockets are closed.
     """
 
-    __slots__ = ("sockets", "up", "down", "on_close", "timer", "idle_timeout", "last_active", "closed")
+    __slots__ = (
+        "sockets",
+        "up",
+        "down",
+        "on_close",
+        "timer",
+        "idle_timeout",
+        "last_active",
+        "closed",
+    )
 
-    def __init__(self, client_fd: int, upstream_fd: int, client_rest: bytes, upstream_rest: bytes,
-                 idle_timeout, on_close):
+    def __init__(
+        self,
+        client_fd: int,
+        upstream_fd: int,
+        client_rest: bytes,
+        upstream_rest: bytes,
+        idle_timeout,
+        on_close,
+    ):
         client = _socket.socket(fileno=client_fd)
         upstream = _socket.socket(fileno=upstream_fd)
         client.setblocking(False)

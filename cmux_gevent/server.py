@@ -85,7 +85,9 @@ class Listener(StreamServer):
     def _pause_accepting(self, exc) -> None:
         """Out of fds: stop accepting briefly instead of spinning on accept()."""
         if not self._pressure_logged:
-            log.warning("accept failed (%s); pausing accepts for %.2fs", exc.strerror, ACCEPT_PAUSE_SECONDS)
+            log.warning(
+                "accept failed (%s); pausing accepts for %.2fs", exc.strerror, ACCEPT_PAUSE_SECONDS
+            )
             self._pressure_logged = True
         self.stop_accepting()
         self._timer = self.loop.timer(ACCEPT_PAUSE_SECONDS)

@@ -24,7 +24,9 @@ RESTART_DELAY = 0.5  # a worker that crashes at start must not become a fork loo
 def serve_config(config: Config) -> int:
     """Bind everything (or nothing), then serve; 0 after a clean drain, 2 if binding failed."""
     try:
-        socket_sets = [bind_all(config.listen, reuse_port=config.workers > 1) for _ in range(config.workers)]
+        socket_sets = [
+            bind_all(config.listen, reuse_port=config.workers > 1) for _ in range(config.workers)
+        ]
     except BindError as exc:
         print(f"cmux-gevent: {exc.strerror}", file=sys.stderr)
         return 2
@@ -54,7 +56,8 @@ class Supervisor:
         for index in range(len(self.socket_sets)):
             self._spawn(index)
         self._handlers = [
-            gevent.signal_handler(signum, self._forward, signum) for signum in (signal.SIGTERM, signal.SIGINT)
+            gevent.signal_handler(signum, self._forward, signum)
+            for signum in (signal.SIGTERM, signal.SIGINT)
         ]
         while self.children:
             pid, status = os.waitpid(-1, 0)

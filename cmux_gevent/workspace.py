@@ -32,7 +32,7 @@ def workspace_number(name: str) -> int:
     last = name.rsplit("/", 1)[-1]
     raw = last.encode("utf-8", "surrogateescape")
     stripped = raw.rstrip(b"0123456789")
-    digits = raw[len(stripped):]
+    digits = raw[len(stripped) :]
     if digits:
         number = int(digits)
         if number > 0xFFFFFFFF:

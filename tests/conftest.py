@@ -85,7 +85,9 @@ def start_proxy(tmp_path):
     started = []
 
     def start(*args, env=None, cmd=None):
-        proxy = ProxyProcess(list(args), env=env, log_path=tmp_path / f"proxy{len(started)}.log", cmd=cmd)
+        proxy = ProxyProcess(
+            list(args), env=env, log_path=tmp_path / f"proxy{len(started)}.log", cmd=cmd
+        )
         started.append(proxy)
         return proxy
 

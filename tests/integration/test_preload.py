@@ -216,9 +216,7 @@ def shim():
         text=True,
         timeout=120,
     )
-    assert build.returncode == 0, (
-        f"make -C preload failed:\n{build.stdout}{build.stderr}"
-    )
+    assert build.returncode == 0, f"make -C preload failed:\n{build.stdout}{build.stderr}"
     lib = PRELOAD_DIR / "libworkspace_net.so"
     assert lib.is_file()
     return str(lib)
@@ -260,11 +258,7 @@ def cprogs(tmp_path_factory):
 def base_env(**extra):
     """os.environ without any CMUX_*/LD_PRELOAD, with a workspace root that
     cannot contain the test's working directory."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("CMUX_") and k != "LD_PRELOAD"
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMUX_") and k != "LD_PRELOAD"}
     env["CMUX_WORKSPACE_ROOT"] = "/nonexistent-cmux-workspace-root"
     env.update(extra)
     return env
@@ -517,10 +511,7 @@ def test_cwd_detection_root_edge_cases(shim, cprogs, ws_root):
     assert run_probe(cprogs, env, cwd=cwd) == "OK 127.18.0.5"
     # "/.../rootx" is not inside "/.../root".
     env = shim_env(shim, CMUX_WORKSPACE_ROOT=str(ws_root))
-    assert (
-        run_probe(cprogs, env, cwd=ws_root.parent / "rootx" / "workspace-3")
-        == "OK 127.0.0.1"
-    )
+    assert run_probe(cprogs, env, cwd=ws_root.parent / "rootx" / "workspace-3") == "OK 127.0.0.1"
     # Without CMUX_WORKSPACE_ROOT the root is /root: the tmp dir does not count.
     env = shim_env(shim)
     del env["CMUX_WORKSPACE_ROOT"]
@@ -681,10 +672,9 @@ def test_v6only_bind_is_a_clear_error(shim, cprogs):
         timeout=20,
     )
     assert r.stdout.strip() == f"ERR {errno.EADDRNOTAVAIL}"
-    assert (
-        "IPV6_V6ONLY" in r.stderr
-        and f"::ffff:{workspace_ip('workspace-4141')}" in r.stderr
-    ), r.stderr
+    assert "IPV6_V6ONLY" in r.stderr and f"::ffff:{workspace_ip('workspace-4141')}" in r.stderr, (
+        r.stderr
+    )
 
 
 @pytest.mark.timeout(30)
@@ -899,12 +889,8 @@ def test_getaddrinfo_results_are_fully_freed_valgrind(shim, cprogs, tmp_path):
     # The shim was really in effect inside valgrind.
     assert f"query 0 rc=0 | 2/1/6 {workspace_ip(ws)} 80" in r.stdout
     assert "ERROR SUMMARY: 0 errors" in report, report
-    assert "definitely lost: 0 bytes" in report or "definitely lost" not in report, (
-        report
-    )
-    assert "indirectly lost: 0 bytes" in report or "indirectly lost" not in report, (
-        report
-    )
+    assert "definitely lost: 0 bytes" in report or "definitely lost" not in report, report
+    assert "indirectly lost: 0 bytes" in report or "indirectly lost" not in report, report
 
 
 # ---------------------------------------------------------------------------
@@ -954,27 +940,17 @@ def mapping_names(count=1200, seed=4):
         elif kind == 3:
             name = "".join(rng.choice(letters) for _ in range(rng.randrange(1, 40)))
         elif kind == 4:
-            name = "".join(
-                rng.choice(letters + unicode_chars) for _ in range(rng.randrange(1, 20))
-            )
+            name = "".join(rng.choice(letters + unicode_chars) for _ in range(rng.randrange(1, 20)))
         elif kind == 5:
             parts = [
-                "".join(
-                    rng.choice(string.ascii_letters) for _ in range(rng.randrange(0, 6))
-                )
+                "".join(rng.choice(string.ascii_letters) for _ in range(rng.randrange(0, 6)))
                 for _ in range(3)
             ]
-            name = "/".join(parts) + rng.choice(
-                ["", "/", f"/workspace-{rng.randrange(10**12)}"]
-            )
+            name = "/".join(parts) + rng.choice(["", "/", f"/workspace-{rng.randrange(10**12)}"])
         elif kind == 6:
-            name = "".join(rng.choice(unicode_chars) for _ in range(3)) + str(
-                rng.randrange(10**11)
-            )
+            name = "".join(rng.choice(unicode_chars) for _ in range(3)) + str(rng.randrange(10**11))
         elif kind == 7:
-            name = "".join(
-                rng.choice("0123456789") for _ in range(rng.randrange(1, 25))
-            )
+            name = "".join(rng.choice("0123456789") for _ in range(rng.randrange(1, 25)))
         else:
             name = "Workspace-" + "".join(
                 rng.choice(string.ascii_letters + string.digits) for _ in range(8)
@@ -995,9 +971,7 @@ def expected_bind(name):
 def test_mapping_agrees_with_python_bit_for_bit(shim, cprogs):
     names = mapping_names()
     assert len(names) >= 1000
-    assert any(
-        expected_bind(n) == "127.0.0.1" for n in names
-    )  # invalid ones are covered
+    assert any(expected_bind(n) == "127.0.0.1" for n in names)  # invalid ones are covered
     base = shim_env(shim)
 
     def probe(name):
@@ -1074,9 +1048,7 @@ def test_library_path_missing_says_how_to_build(tmp_path):
 def test_workspace_env(shim, monkeypatch):
     monkeypatch.delenv("CMUX_PRELOAD_LIB", raising=False)
     lib = preload.library_path()
-    env = preload.workspace_env(
-        "workspace-4171", {"PATH": "/bin", "LD_PRELOAD": "/a.so /b.so"}
-    )
+    env = preload.workspace_env("workspace-4171", {"PATH": "/bin", "LD_PRELOAD": "/a.so /b.so"})
     assert env["LD_PRELOAD"] == f"{lib}:/a.so:/b.so"
     assert env["CMUX_WORKSPACE_INTERNAL"] == "workspace-4171"
     assert env["PATH"] == "/bin"
@@ -1097,14 +1069,8 @@ def test_run_exit_codes_and_environment(shim, monkeypatch, tmp_path):
     py = sys.executable
     assert preload.run("workspace-4172", [py, "-c", "pass"]) == 0
     assert preload.run("workspace-4172", [py, "-c", "import sys; sys.exit(7)"]) == 7
-    assert (
-        preload.run("workspace-4172", ["sh", "-c", "kill -TERM $$"])
-        == 128 + signal.SIGTERM
-    )
-    assert (
-        preload.run("workspace-4172", ["sh", "-c", "kill -KILL $$"])
-        == 128 + signal.SIGKILL
-    )
+    assert preload.run("workspace-4172", ["sh", "-c", "kill -TERM $$"]) == 128 + signal.SIGTERM
+    assert preload.run("workspace-4172", ["sh", "-c", "kill -KILL $$"]) == 128 + signal.SIGKILL
     assert preload.run("workspace-4172", [str(tmp_path / "no-such-command")]) == 127
     # An invalid workspace never runs the command (it would run unisolated).
     marker = tmp_path / "ran"

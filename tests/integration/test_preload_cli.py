@@ -29,23 +29,15 @@ def shim():
         text=True,
         timeout=120,
     )
-    assert build.returncode == 0, (
-        f"make -C preload failed:\n{build.stdout}{build.stderr}"
-    )
+    assert build.returncode == 0, f"make -C preload failed:\n{build.stdout}{build.stderr}"
     return str(PRELOAD_DIR / "libworkspace_net.so")
 
 
 def clean_env(**extra):
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("CMUX_") and k != "LD_PRELOAD"
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMUX_") and k != "LD_PRELOAD"}
     env["CMUX_WORKSPACE_ROOT"] = "/nonexistent-cmux-workspace-root"
     # `python -m cmux_gevent` must import the package from this tree.
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env.update(extra)
     return env
 
