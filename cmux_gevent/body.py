@@ -29,12 +29,7 @@ class MessageReader:
         """Read once (waiting at most `timeout` s) and feed the parser; ConnectionGone on EOF."""
         sock = self.sock
         sock.settimeout(timeout)
-        try:
-            data = sock.recv(READ_SIZE)
-        except socket.timeout:
-            raise
-        except OSError as exc:
-            raise ConnectionGone(str(exc)) from None
+        data = receive(sock, READ_SIZE)
         if not data:
             raise ConnectionGone("peer closed the connection")
         self.received += len(data)
@@ -45,6 +40,16 @@ class MessageReader:
         while not events:
             self.read_more(timeout)
         return events.popleft()
+
+
+def receive(sock, size: int) -> bytes:
+    """recv that reports a vanished peer as ConnectionGone; timeouts still raise socket.timeout."""
+    try:
+        return sock.recv(size)
+    except socket.timeout:
+        raise
+    except OSError as exc:
+        raise ConnectionGone(str(exc)) from None
 
 
 def send_all(sock, data) -> None:
@@ -140,13 +145,7 @@ def copy_raw(src, dst, remaining, chunked: bool, timeout) -> int:
         if not chunked and can_splice and (copied >= SPLICE_AFTER or (left or 0) >= SPLICE_AFTER):
             copied += _splice_rest(src, dst, left)
             break
-        want = READ_SIZE if left is None else min(READ_SIZE, left)
-        try:
-            data = src.recv(want)
-        except socket.timeout:
-            raise
-        except OSError as exc:
-            raise ConnectionGone(str(exc)) from None
+        data = receive(src, READ_SIZE if left is None else min(READ_SIZE, left))
         if not data:
             break
         copied += len(data)

@@ -49,6 +49,13 @@ def tokens(value: Optional[bytes]) -> List[bytes]:
 class _Head:
     __slots__ = ("version", "headers", "keep_alive", "upgrade", "names")
 
+    def __init__(self, version: str, headers: List[Header], keep_alive: bool, upgrade: bool):
+        self.version = version
+        self.headers = headers
+        self.names = [name.lower() for name, _ in headers]  # beside headers, for lookups
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+
     def get(self, lower_name: bytes) -> Optional[bytes]:
         """The first value of a header, by lowercase name."""
         names = self.names
@@ -70,11 +77,7 @@ class RequestHead(_Head):
     def __init__(self, method, target, version, headers, keep_alive, upgrade):
         self.method: bytes = method
         self.target: bytes = target
-        self.version: str = version
-        self.headers: List[Header] = headers
-        self.names: List[bytes] = [name.lower() for name, _ in headers]
-        self.keep_alive: bool = keep_alive
-        self.upgrade: bool = upgrade
+        super().__init__(version, headers, keep_alive, upgrade)
 
 
 class ResponseHead(_Head):
@@ -85,11 +88,7 @@ class ResponseHead(_Head):
     def __init__(self, status, reason, version, headers, keep_alive, upgrade):
         self.status: int = status
         self.reason: bytes = reason
-        self.version: str = version
-        self.headers: List[Header] = headers
-        self.names: List[bytes] = [name.lower() for name, _ in headers]
-        self.keep_alive: bool = keep_alive
-        self.upgrade: bool = upgrade
+        super().__init__(version, headers, keep_alive, upgrade)
 
 
 def check_request(head: RequestHead) -> None:

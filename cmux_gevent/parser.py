@@ -102,7 +102,16 @@ class _EventParser:
             raise self.oversized("request header fields too large")
         self._awaiting_head = False
         self._head_bytes = 0
-        self.events.append(self.build_head(headers))
+        p = self._parser
+        head = self.head_class(
+            *self.start_line(),
+            p.get_http_version(),
+            headers,
+            p.should_keep_alive(),
+            p.should_upgrade(),
+        )
+        self.check(head)
+        self.events.append(head)
 
     def on_body(self, body: bytes):
         self.events.append((BODY, body))
@@ -111,14 +120,19 @@ class _EventParser:
         self._awaiting_head = True
         self.events.append(END)
 
-    def build_head(self, headers: List[Header]):
+    def start_line(self) -> tuple:
+        """The first two fields of the head: (method, target) or (status, reason)."""
         raise NotImplementedError
+
+    def check(self, head) -> None:
+        """Refuse a head llhttp accepted but we must not pass on (nothing by default)."""
 
 
 class RequestParser(_EventParser):
     """A client connection's parser: one for the connection's whole life."""
 
     parser_class = httptools.HttpRequestParser
+    head_class = RequestHead
 
     def on_message_begin(self):
         super().on_message_begin()
@@ -130,16 +144,8 @@ class RequestParser(_EventParser):
         if len(self._url) > self.limits.max_request_line:
             raise ClientError(414, "request line too long")
 
-    def build_head(self, headers):
-        p = self._parser
-        return RequestHead(
-            p.get_method(),
-            self._url,
-            p.get_http_version(),
-            headers,
-            p.should_keep_alive(),
-            p.should_upgrade(),
-        )
+    def start_line(self):
+        return self._parser.get_method(), self._url
 
     def malformed(self, why):
         return ClientError(400, f"bad request: {why}")
@@ -152,6 +158,7 @@ class ResponseParser(_EventParser):
     """Parses one upstream response (and any 1xx interim responses before it)."""
 
     parser_class = httptools.HttpResponseParser
+    head_class = ResponseHead
 
     def __init__(self, limits: Limits, upstream: str):
         super().__init__(limits)
@@ -165,20 +172,13 @@ class ResponseParser(_EventParser):
         self._reason += reason
         self._fields_bytes += len(reason)
 
-    def build_head(self, headers):
-        p = self._parser
-        head = ResponseHead(
-            p.get_status_code(),
-            self._reason,
-            p.get_http_version(),
-            headers,
-            p.should_keep_alive(),
-            p.should_upgrade(),
-        )
+    def start_line(self):
+        return self._parser.get_status_code(), self._reason
+
+    def check(self, head):
         problem = response_problem(head)
         if problem:
             raise self.malformed(problem)
-        return head
 
     def malformed(self, why):
         return UpstreamError(
