@@ -84,6 +84,11 @@ class _EventParser:
         self.messages_begun += 1
         self._headers = []
         self._fields_bytes = 0
+        self._start_text = b""  # the request target, or the response's reason phrase
+
+    def _add_to_start_line(self, piece: bytes) -> None:
+        self._start_text += piece
+        self._fields_bytes += len(piece)
 
     def on_header(self, name: bytes, value: bytes):
         # The hottest callback: only append. Counting happens once per head below,
@@ -134,18 +139,13 @@ class RequestParser(_EventParser):
     parser_class = httptools.HttpRequestParser
     head_class = RequestHead
 
-    def on_message_begin(self):
-        super().on_message_begin()
-        self._url = b""
-
     def on_url(self, url: bytes):
-        self._url += url
-        self._fields_bytes += len(url)
-        if len(self._url) > self.limits.max_request_line:
+        self._add_to_start_line(url)
+        if len(self._start_text) > self.limits.max_request_line:
             raise ClientError(414, "request line too long")
 
     def start_line(self):
-        return self._parser.get_method(), self._url
+        return self._parser.get_method(), self._start_text
 
     def malformed(self, why):
         return ClientError(400, f"bad request: {why}")
@@ -164,16 +164,11 @@ class ResponseParser(_EventParser):
         super().__init__(limits)
         self.upstream = upstream
 
-    def on_message_begin(self):
-        super().on_message_begin()
-        self._reason = b""
-
     def on_status(self, reason: bytes):
-        self._reason += reason
-        self._fields_bytes += len(reason)
+        self._add_to_start_line(reason)
 
     def start_line(self):
-        return self._parser.get_status_code(), self._reason
+        return self._parser.get_status_code(), self._start_text
 
     def check(self, head):
         problem = response_problem(head)
