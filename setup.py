@@ -41,6 +41,11 @@ class BinaryDistribution(Distribution):
         return True
 
 
+def read_readme():
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        return f.read()
+
+
 def read_version():
     with open(os.path.join(HERE, "cmux_gevent", "__init__.py")) as f:
         for line in f:
@@ -53,7 +58,7 @@ setup(
     name="cmux-gevent",
     version=read_version(),
     description="Header-routed development proxy for many workspaces behind one port",
-    long_description=open(os.path.join(HERE, "README.md")).read(),
+    long_description=read_readme(),
     long_description_content_type="text/markdown",
     license="MIT",
     packages=["cmux_gevent"],

@@ -143,7 +143,8 @@ def find_tools(args, notes):
     nginx_bin = nginx.nginx_path()
     if not nginx_bin and ("nginx" in args.systems or args.origin == "nginx"):
         notes.append(
-            "nginx not found: system nginx skipped, Python origin used (apt-get install nginx-light)"
+            "nginx not found: system nginx skipped, Python origin used"
+            " (apt-get install nginx-light)"
         )
         if args.origin == "nginx":
             sys.exit("--origin nginx: nginx is not installed")
@@ -164,7 +165,8 @@ def build_systems(args, procs, workdir, upstreams, nginx_bin, notes):
             system = Nginx(procs, nginx_bin, workdir, upstreams.origin_port)
             if system.tunnel is None and "connect" in args.scenarios:
                 notes.append(
-                    "nginx has no stream module: its CONNECT cell stays empty (apt-get install libnginx-mod-stream)"
+                    "nginx has no stream module: its CONNECT cell stays empty"
+                    " (apt-get install libnginx-mod-stream)"
                 )
             systems.append(system)
     return systems
@@ -210,9 +212,8 @@ def run_one(ctx, system, scenario, round_no) -> dict:
         wall_s=round(time.monotonic() - started, 2),
     )
     shown = {k: round(v, 2) for k, v in record.items() if isinstance(v, float) and k != "wall_s"}
-    log(
-        f"r{round_no} {scenario:8} {system.name:8} {shown} {record.get('error', '') or record.get('skipped', '')}"
-    )
+    outcome = record.get("error", "") or record.get("skipped", "")
+    log(f"r{round_no} {scenario:8} {system.name:8} {shown} {outcome}")
     return record
 
 

@@ -46,7 +46,8 @@ class Proc:
     """One started child: its Popen, its log file, and its stop()."""
 
     def __init__(self, name: str, argv: list[str], log_dir: Path, env=None, cwd=None, pipes=False):
-        """pipes=True: stdin and stdout are pipes (for a client the bench talks to), stderr is logged."""
+        """pipes=True: stdin and stdout are pipes (for a client the bench talks to);
+        stderr is logged."""
         self.name = name
         self.argv = argv
         self.log_path = log_dir / f"{name}.log"

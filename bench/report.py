@@ -101,7 +101,8 @@ def markdown(records: list[dict], systems: list[str], scenarios: list[str], roun
             rel = ratios(med, reference)
             lines += [
                 "",
-                f"Ratio to {reference} (median / {reference}'s median; ↑ columns: >1 is better, ↓: <1):",
+                f"Ratio to {reference} (median / {reference}'s median;"
+                " ↑ columns: >1 is better, ↓: <1):",
                 "",
             ]
             lines += _table(

@@ -47,10 +47,7 @@ def run_get(system, ctx: Context) -> dict:
     port = system.http_port(ctx.upstreams.origin_port)
     warm_up(port, ctx.upstreams.origin_port)
     cpu_before = _cpu(system)
-    if ctx.wrk:
-        record = _wrk(ctx, port)
-    else:
-        record = _python_loadgen(ctx, port, system.name)
+    record = _wrk(ctx, port) if ctx.wrk else _python_loadgen(ctx, port, system.name)
     if system.pid and record.get("requests"):
         record["cpu_us_per_req"] = (_cpu(system) - cpu_before) / record["requests"] * 1e6
     return record
@@ -198,7 +195,8 @@ def _timed_download(system, ctx: Context, port: int, connect_to) -> dict:
 
 
 def download(port: int, origin_port: int, connect_to) -> int:
-    """GET /bulk on one connection (through `CONNECT 127.0.0.1:connect_to` first if given); body bytes read."""
+    """GET /bulk on one connection (through `CONNECT 127.0.0.1:connect_to` first if given);
+    returns the body bytes read."""
     with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         routing = b"X-Cmux-Port-Internal: %d\r\n" % origin_port
@@ -250,7 +248,8 @@ def read_exactly(sock, left: int) -> int:
 
 
 def run_ws_idle(system, ctx: Context) -> dict:
-    """Fresh proxy, RSS before, hold N WebSockets, RSS once it settles; the growth per connection."""
+    """Fresh proxy, RSS before, hold N WebSockets, RSS once it settles; the growth per
+    connection."""
     if system.pid:
         system.restart()
     count = ctx.options.idle_conns

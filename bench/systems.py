@@ -21,7 +21,8 @@ WS_ECHO_PY = HERE / "upstreams" / "ws_echo.py"
 
 
 class Upstreams:
-    """The HTTP origin (nginx with sendfile if installed, else Python) and the WebSocket echo server."""
+    """The HTTP origin (nginx with sendfile if installed, else Python) and the WebSocket echo
+    server."""
 
     def __init__(self, procs: ProcessSet, workdir: Path, bulk_size: int, nginx_bin: str | None):
         www = workdir / "www"
@@ -120,7 +121,8 @@ class Cmux(System):
 
 
 class Nginx(System):
-    """nginx as a header router, with a TCP relay (stream{}) for the tunnel scenario if it has the module."""
+    """nginx as a header router, with a TCP relay (stream{}) for the tunnel scenario if it has
+    the module."""
 
     def __init__(
         self, procs: ProcessSet, nginx_bin: str, workdir: Path, origin_port: int, workers: int = 1

@@ -53,10 +53,11 @@ class ProxyProcess:
         full_env.update(env or {})
         cmd = cmd or [sys.executable, "-m", "cmux_gevent"]
         self.argv = [*cmd, "--listen", f"127.0.0.1:{self.port}", *args]
-        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            self.argv, env=full_env, cwd=str(REPO), stdout=self._log, stderr=self._log
-        )
+        # The child holds its own copy of the descriptor: ours can close at once.
+        with open(log_path or os.devnull, "wb") as log:
+            self.proc = subprocess.Popen(
+                self.argv, env=full_env, cwd=str(REPO), stdout=log, stderr=log
+            )
         wait_for_port(self.host, self.port, proc=self.proc)
 
     @property
@@ -74,8 +75,6 @@ class ProxyProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        if self._log is not subprocess.DEVNULL:
-            self._log.close()
         return self.proc.returncode
 
 

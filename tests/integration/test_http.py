@@ -179,7 +179,8 @@ def test_sse_events_arrive_one_by_one(proxy):
     def sse(wire, upstream):
         wire.read_request()
         wire.send(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
         )
         for n, ack in enumerate(acks):
             event = f"data: {n}\n\n".encode()

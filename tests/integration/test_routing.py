@@ -100,7 +100,8 @@ def test_every_400_reason_is_exact_plain_text_and_closes(proxy, headers, reason)
         (b"GET / HTTP/1.2\r\nX-Cmux-Port-Internal: 80\r\n\r\n", "bad request: "),
         (b"GET / HTTP/2.0\r\nX-Cmux-Port-Internal: 80\r\n\r\n", "unsupported HTTP version 2.0"),
         (
-            b"POST / HTTP/1.1\r\nX-Cmux-Port-Internal: 80\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nX-Cmux-Port-Internal: 80\r\n"
+            b"Transfer-Encoding: gzip, chunked\r\n\r\n",
             "Transfer-Encoding other than chunked",
         ),
         (b"GET http://x/ HTTP/1.1\r\nX-Cmux-Port-Internal: 80\r\n\r\n", "target must be a path"),
