@@ -52,14 +52,15 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
-typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
-typedef int (*connect_fn)(int, const struct sockaddr *, socklen_t);
+/* bind and connect share one signature, so one interposer serves both. */
+typedef int (*sockaddr_fn)(int, const struct sockaddr *, socklen_t);
 typedef int (*getaddrinfo_fn)(const char *, const char *,
                               const struct addrinfo *, struct addrinfo **);
 
-static bind_fn real_bind_p;
-static connect_fn real_connect_p;
-static getaddrinfo_fn real_getaddrinfo_p;
+enum real_id { REAL_BIND, REAL_CONNECT, REAL_GETADDRINFO, REAL_COUNT };
+static const char *const real_names[REAL_COUNT] = {"bind", "connect",
+                                                   "getaddrinfo"};
+static void *real_p[REAL_COUNT];
 
 /* Process state, computed once: 0 = not computed yet. */
 #define ST_INIT (1ULL << 63)
@@ -71,27 +72,12 @@ static uint64_t g_state;
 /* ------------------------------------------------------------------ */
 /* real functions                                                      */
 
-static void *resolve(const char *name)
-{
-    return dlsym(RTLD_NEXT, name);
-}
-
 static void resolve_all(void)
 {
-    void *p;
-    if (!__atomic_load_n(&real_bind_p, __ATOMIC_ACQUIRE)) {
-        p = resolve("bind");
-        __atomic_store_n(&real_bind_p, (bind_fn)p, __ATOMIC_RELEASE);
-    }
-    if (!__atomic_load_n(&real_connect_p, __ATOMIC_ACQUIRE)) {
-        p = resolve("connect");
-        __atomic_store_n(&real_connect_p, (connect_fn)p, __ATOMIC_RELEASE);
-    }
-    if (!__atomic_load_n(&real_getaddrinfo_p, __ATOMIC_ACQUIRE)) {
-        p = resolve("getaddrinfo");
-        __atomic_store_n(&real_getaddrinfo_p, (getaddrinfo_fn)p,
-                         __ATOMIC_RELEASE);
-    }
+    for (int i = 0; i < REAL_COUNT; i++)
+        if (!__atomic_load_n(&real_p[i], __ATOMIC_ACQUIRE))
+            __atomic_store_n(&real_p[i], dlsym(RTLD_NEXT, real_names[i]),
+                             __ATOMIC_RELEASE);
 }
 
 /* Resolved at load time so that the first bind/connect (possibly from a
@@ -101,32 +87,14 @@ __attribute__((constructor)) static void shim_constructor(void)
     resolve_all();
 }
 
-static bind_fn real_bind(void)
+/* The next definition of function id, resolving late if the constructor has
+ * not run yet (a call from another library's constructor). */
+static void *real_fn(enum real_id id)
 {
-    bind_fn f = __atomic_load_n(&real_bind_p, __ATOMIC_ACQUIRE);
+    void *f = __atomic_load_n(&real_p[id], __ATOMIC_ACQUIRE);
     if (!f) {
         resolve_all();
-        f = __atomic_load_n(&real_bind_p, __ATOMIC_ACQUIRE);
-    }
-    return f;
-}
-
-static connect_fn real_connect(void)
-{
-    connect_fn f = __atomic_load_n(&real_connect_p, __ATOMIC_ACQUIRE);
-    if (!f) {
-        resolve_all();
-        f = __atomic_load_n(&real_connect_p, __ATOMIC_ACQUIRE);
-    }
-    return f;
-}
-
-static getaddrinfo_fn real_getaddrinfo(void)
-{
-    getaddrinfo_fn f = __atomic_load_n(&real_getaddrinfo_p, __ATOMIC_ACQUIRE);
-    if (!f) {
-        resolve_all();
-        f = __atomic_load_n(&real_getaddrinfo_p, __ATOMIC_ACQUIRE);
+        f = __atomic_load_n(&real_p[id], __ATOMIC_ACQUIRE);
     }
     return f;
 }
@@ -311,13 +279,19 @@ static void lb_flush(struct logbuf *b)
     errno = saved;
 }
 
+/* Every line starts "cmux-preload: <op> ". */
+static void lb_head(struct logbuf *b, const char *op)
+{
+    lb_str(b, "cmux-preload: ");
+    lb_str(b, op);
+    lb_str(b, " ");
+}
+
 static void log_rewrite(const char *op, const struct sockaddr *from,
                         const struct sockaddr *to)
 {
     struct logbuf b = {.len = 0};
-    lb_str(&b, "cmux-preload: ");
-    lb_str(&b, op);
-    lb_str(&b, " ");
+    lb_head(&b, op);
     lb_sockaddr(&b, from);
     lb_str(&b, " -> ");
     lb_sockaddr(&b, to);
@@ -328,9 +302,7 @@ static void log_v6only(const char *op, const struct sockaddr *from,
                        const struct sockaddr *to, const char *err)
 {
     struct logbuf b = {.len = 0};
-    lb_str(&b, "cmux-preload: ");
-    lb_str(&b, op);
-    lb_str(&b, " ");
+    lb_head(&b, op);
     lb_sockaddr(&b, from);
     lb_str(&b, " refused (");
     lb_str(&b, err);
@@ -344,23 +316,23 @@ static void log_v6only(const char *op, const struct sockaddr *from,
 /* ------------------------------------------------------------------ */
 /* address classification                                              */
 
-static int v6_is_any(const struct in6_addr *a)
+/* Loopback or wildcard: connect(0.0.0.0) reaches the local host on Linux,
+ * so it is the same hole as 127.0.0.1. */
+static int v4_is_local(uint32_t a)
 {
-    return IN6_IS_ADDR_UNSPECIFIED(a);
+    return a == INADDR_ANY || a == INADDR_LOOPBACK;
 }
 
-static int v6_is_loopback(const struct in6_addr *a)
-{
-    return IN6_IS_ADDR_LOOPBACK(a);
-}
-
-static int v6_mapped_is(const struct in6_addr *a, uint32_t v4)
+/* ::, ::1 and their v4-mapped forms. */
+static int v6_is_local(const struct in6_addr *a)
 {
     uint32_t w;
+    if (IN6_IS_ADDR_UNSPECIFIED(a) || IN6_IS_ADDR_LOOPBACK(a))
+        return 1;
     if (!IN6_IS_ADDR_V4MAPPED(a))
         return 0;
     memcpy(&w, &a->s6_addr[12], 4);
-    return ntohl(w) == v4;
+    return v4_is_local(ntohl(w));
 }
 
 static void v6_set_mapped(struct in6_addr *a, uint32_t v4)
@@ -370,6 +342,32 @@ static void v6_set_mapped(struct in6_addr *a, uint32_t v4)
     a->s6_addr[10] = 0xFF;
     a->s6_addr[11] = 0xFF;
     memcpy(&a->s6_addr[12], &w, 4);
+}
+
+/* Writes addr moved onto workspace address ws into *out and returns its
+ * length, or returns 0 when addr is not local (or too short to read) and
+ * stays as it is. The copy lives in the caller's frame: nothing allocated. */
+static socklen_t rewrite_local(const struct sockaddr *addr, socklen_t addrlen,
+                               uint32_t ws, struct sockaddr_storage *out)
+{
+    if (addr->sa_family == AF_INET && addrlen >= sizeof(struct sockaddr_in)) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)out;
+        memcpy(sin, addr, sizeof *sin);
+        if (!v4_is_local(ntohl(sin->sin_addr.s_addr)))
+            return 0;
+        sin->sin_addr.s_addr = htonl(ws);
+        return sizeof *sin;
+    }
+    if (addr->sa_family == AF_INET6 && addrlen >= sizeof(struct sockaddr_in6)) {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)out;
+        memcpy(sin6, addr, sizeof *sin6);
+        if (!v6_is_local(&sin6->sin6_addr))
+            return 0;
+        v6_set_mapped(&sin6->sin6_addr, ws);
+        sin6->sin6_scope_id = 0;
+        return sizeof *sin6;
+    }
+    return 0;
 }
 
 static int socket_is_v6only(int fd)
@@ -384,9 +382,24 @@ static int socket_is_v6only(int fd)
 /* ------------------------------------------------------------------ */
 /* interposed functions                                                */
 
-EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t addrlen)
+/* What differs between bind and connect: the name in the log and the error
+ * a V6ONLY socket gets instead of the host-wide :: / ::1. */
+struct sock_op {
+    enum real_id id;
+    const char *name;
+    int v6only_errno;
+    const char *v6only_errname;
+};
+
+static const struct sock_op op_bind = {REAL_BIND, "bind", EADDRNOTAVAIL,
+                                       "EADDRNOTAVAIL"};
+static const struct sock_op op_connect = {REAL_CONNECT, "connect", ENETUNREACH,
+                                          "ENETUNREACH"};
+
+static int interpose(const struct sock_op *op, int fd,
+                     const struct sockaddr *addr, socklen_t addrlen)
 {
-    bind_fn real = real_bind();
+    sockaddr_fn real = (sockaddr_fn)real_fn(op->id);
     if (!real) {
         errno = ENOSYS;
         return -1;
@@ -394,87 +407,32 @@ EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t addrlen)
     uint64_t st = state();
     if (!(st & ST_ACTIVE) || !addr)
         return real(fd, addr, addrlen);
-    uint32_t ws = (uint32_t)(st & ST_ADDR_MASK);
 
-    if (addr->sa_family == AF_INET && addrlen >= sizeof(struct sockaddr_in)) {
-        struct sockaddr_in sin;
-        memcpy(&sin, addr, sizeof sin);
-        uint32_t a = ntohl(sin.sin_addr.s_addr);
-        if (a == INADDR_ANY || a == INADDR_LOOPBACK) {
-            sin.sin_addr.s_addr = htonl(ws);
-            if (st & ST_LOG)
-                log_rewrite("bind", addr, (struct sockaddr *)&sin);
-            return real(fd, (struct sockaddr *)&sin, sizeof sin);
-        }
-    } else if (addr->sa_family == AF_INET6 &&
-               addrlen >= sizeof(struct sockaddr_in6)) {
-        struct sockaddr_in6 sin6;
-        memcpy(&sin6, addr, sizeof sin6);
-        const struct in6_addr *a = &sin6.sin6_addr;
-        if (v6_is_any(a) || v6_is_loopback(a) || v6_mapped_is(a, INADDR_ANY) ||
-            v6_mapped_is(a, INADDR_LOOPBACK)) {
-            v6_set_mapped(&sin6.sin6_addr, ws);
-            sin6.sin6_scope_id = 0;
-            if (socket_is_v6only(fd)) {
-                if (st & ST_LOG)
-                    log_v6only("bind", addr, (struct sockaddr *)&sin6,
-                               "EADDRNOTAVAIL");
-                errno = EADDRNOTAVAIL;
-                return -1;
-            }
-            if (st & ST_LOG)
-                log_rewrite("bind", addr, (struct sockaddr *)&sin6);
-            return real(fd, (struct sockaddr *)&sin6, sizeof sin6);
-        }
+    struct sockaddr_storage ss;
+    const struct sockaddr *to = (const struct sockaddr *)&ss;
+    uint32_t ws = (uint32_t)(st & ST_ADDR_MASK);
+    socklen_t len = rewrite_local(addr, addrlen, ws, &ss);
+    if (len == 0)
+        return real(fd, addr, addrlen);
+    if (to->sa_family == AF_INET6 && socket_is_v6only(fd)) {
+        if (st & ST_LOG)
+            log_v6only(op->name, addr, to, op->v6only_errname);
+        errno = op->v6only_errno;
+        return -1;
     }
-    return real(fd, addr, addrlen);
+    if (st & ST_LOG)
+        log_rewrite(op->name, addr, to);
+    return real(fd, to, len);
+}
+
+EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t addrlen)
+{
+    return interpose(&op_bind, fd, addr, addrlen);
 }
 
 EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t addrlen)
 {
-    connect_fn real = real_connect();
-    if (!real) {
-        errno = ENOSYS;
-        return -1;
-    }
-    uint64_t st = state();
-    if (!(st & ST_ACTIVE) || !addr)
-        return real(fd, addr, addrlen);
-    uint32_t ws = (uint32_t)(st & ST_ADDR_MASK);
-
-    if (addr->sa_family == AF_INET && addrlen >= sizeof(struct sockaddr_in)) {
-        struct sockaddr_in sin;
-        memcpy(&sin, addr, sizeof sin);
-        uint32_t a = ntohl(sin.sin_addr.s_addr);
-        /* connect(0.0.0.0) reaches the local host on Linux: same hole. */
-        if (a == INADDR_LOOPBACK || a == INADDR_ANY) {
-            sin.sin_addr.s_addr = htonl(ws);
-            if (st & ST_LOG)
-                log_rewrite("connect", addr, (struct sockaddr *)&sin);
-            return real(fd, (struct sockaddr *)&sin, sizeof sin);
-        }
-    } else if (addr->sa_family == AF_INET6 &&
-               addrlen >= sizeof(struct sockaddr_in6)) {
-        struct sockaddr_in6 sin6;
-        memcpy(&sin6, addr, sizeof sin6);
-        const struct in6_addr *a = &sin6.sin6_addr;
-        if (v6_is_loopback(a) || v6_is_any(a) ||
-            v6_mapped_is(a, INADDR_LOOPBACK) || v6_mapped_is(a, INADDR_ANY)) {
-            v6_set_mapped(&sin6.sin6_addr, ws);
-            sin6.sin6_scope_id = 0;
-            if (socket_is_v6only(fd)) {
-                if (st & ST_LOG)
-                    log_v6only("connect", addr, (struct sockaddr *)&sin6,
-                               "ENETUNREACH");
-                errno = ENETUNREACH;
-                return -1;
-            }
-            if (st & ST_LOG)
-                log_rewrite("connect", addr, (struct sockaddr *)&sin6);
-            return real(fd, (struct sockaddr *)&sin6, sizeof sin6);
-        }
-    }
-    return real(fd, addr, addrlen);
+    return interpose(&op_connect, fd, addr, addrlen);
 }
 
 /*
@@ -501,7 +459,7 @@ static int is_local_name(const char *node)
 EXPORT int getaddrinfo(const char *node, const char *service,
                        const struct addrinfo *hints, struct addrinfo **res)
 {
-    getaddrinfo_fn real = real_getaddrinfo();
+    getaddrinfo_fn real = (getaddrinfo_fn)real_fn(REAL_GETADDRINFO);
     if (!real)
         return EAI_SYSTEM;
     uint64_t st = state();
@@ -551,7 +509,7 @@ EXPORT int getaddrinfo(const char *node, const char *service,
     int rc = real(host, service, &h, res);
     if (st & ST_LOG) {
         struct logbuf b = {.len = 0};
-        lb_str(&b, "cmux-preload: getaddrinfo ");
+        lb_head(&b, "getaddrinfo");
         lb_str(&b, node ? (node[0] ? node : "\"\"") : "NULL");
         lb_str(&b, " -> ");
         lb_str(&b, host);
