@@ -1,10 +1,12 @@
-"""Shared fixtures: a real cmux-gevent process on a free loopback port.
+"""Shared fixtures: a real cmux-gevent process on a free loopback port, the
+LD_PRELOAD shim, and background processes that are always stopped.
 
 Tests talk to it over real sockets; upstreams are real servers started by the
 tests themselves. Every wait is bounded (pytest-timeout on the tests, deadlines
 in the helpers here).
 """
 
+import http.client
 import os
 import signal
 import socket
@@ -16,28 +18,89 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+PRELOAD_DIR = REPO / "preload"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (bind to 0 and release it)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def port_free(host: str, port: int) -> bool:
+    """Bindable the way a dev server binds (SO_REUSEADDR): TIME_WAIT does not count."""
+    with socket.socket(_family(host)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(*hosts: str, preferred: int = 0) -> int:
+    """A port nothing listens on right now on every one of `hosts` (default
+    127.0.0.1): `preferred` if it is free, else one the kernel picks for the first."""
+    hosts = hosts or ("127.0.0.1",)
+    if preferred and all(port_free(host, preferred) for host in hosts):
+        return preferred
+    for _ in range(100):
+        with socket.socket(_family(hosts[0])) as sock:
+            sock.bind((hosts[0], 0))
+            port = sock.getsockname()[1]
+        if all(port_free(host, port) for host in hosts[1:]):
+            return port
+    raise RuntimeError(f"no port free on all of {hosts}")
+
+
+def can_connect(host: str, port: int) -> bool:
+    """Whether host:port accepts a connection now."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        return False
+    return True
 
 
 def wait_for_port(host: str, port: int, timeout: float = 10.0, proc=None) -> None:
-    """Poll until host:port accepts a connection (or the process died)."""
+    """Poll until host:port accepts a connection; fails at once if `proc` exits,
+    with the tail of whatever it printed to pipes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.02)
+            out, err = proc.communicate()
+            raise RuntimeError(
+                f"process exited with {proc.returncode} before listening: "
+                f"{(out or '')[-2000:]!r} {(err or '')[-2000:]!r}"
+            )
+        if can_connect(host, port):
+            return
+        time.sleep(0.02)
     raise TimeoutError(f"{host}:{port} did not accept connections within {timeout}s")
+
+
+def wait_until(condition, timeout: float = 5.0, interval: float = 0.01) -> bool:
+    """Poll `condition()` until it is true or `timeout` passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while not (done := condition()) and time.monotonic() < deadline:
+        time.sleep(interval)
+    return done
+
+
+def run(argv, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command to completion with its output captured as text; the caller
+    checks the exit code (so that a failure shows the output)."""
+    kwargs.setdefault("check", False)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def http_get(host: str, port: int, path: str = "/", headers=None):
+    """(status, body) of one GET on a fresh connection."""
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 class ProxyProcess:
@@ -95,7 +158,42 @@ def start_proxy(tmp_path):
         proxy.stop()
 
 
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory):
+    """A daemon with default settings shared by a module's tests (one costs ~0.3 s)."""
+    daemon = ProxyProcess([], log_path=tmp_path_factory.mktemp("proxy") / "proxy.log")
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def shim():
+    """Builds the shim with `make -C preload`; a failed build fails the test."""
+    build = run(["make", "-C", str(PRELOAD_DIR)], timeout=120)
+    assert build.returncode == 0, f"make -C preload failed:\n{build.stdout}{build.stderr}"
+    lib = PRELOAD_DIR / "libworkspace_net.so"
+    assert lib.is_file()
+    return str(lib)
+
+
 @pytest.fixture
-def proxy(start_proxy):
-    """A daemon with default settings on a free port."""
-    return start_proxy()
+def procs():
+    """Factory: procs(argv, **popen_kwargs) -> Popen (stdout/stderr piped); each
+    one is sent SIGTERM at teardown (SIGKILL if that takes over 10 s)."""
+    started = []
+
+    def start(argv, **kwargs):
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        started.append(subprocess.Popen(argv, **kwargs))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate(timeout=10)

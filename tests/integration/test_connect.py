@@ -7,15 +7,9 @@ a tunnel that closes both directions on the first EOF loses that answer.
 import socket
 
 import pytest
-from upstreams import Upstream, Wire, running_proxy, tcp_echo
+from upstreams import Upstream, Wire, tcp_echo
 
 from cmux_gevent import workspace_ip
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory):
-    with running_proxy(tmp_path_factory.mktemp("connect")) as p:
-        yield p
 
 
 def connect(proxy, authority, port, extra=b""):

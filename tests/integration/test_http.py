@@ -16,22 +16,17 @@ import requests
 from upstreams import (
     Upstream,
     Wire,
+    answers,
     describe,
     described,
     echo_http,
     http_server,
     response,
     routed,
-    running_proxy,
+    send_routed,
 )
 
 BIG = 50 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory):
-    with running_proxy(tmp_path_factory.mktemp("http")) as p:
-        yield p
 
 
 def _app(req, wire, upstream):
@@ -80,8 +75,7 @@ def app():
 
 
 def one(proxy, app, path, headers=(), method="GET", version="HTTP/1.1", body=b""):
-    wire = Wire.connect(proxy.port)
-    wire.send(routed(method, path, app.port, headers, body, version))
+    wire = send_routed(proxy, method, path, app.port, headers, body, version)
     return wire, wire.read_response(method)
 
 
@@ -164,8 +158,7 @@ def test_streaming_upload_reaches_upstream_before_the_body_ends(proxy):
         wire.send(response(200, [], b"got:" + rest))
 
     with Upstream(slow_reader) as up:
-        wire = Wire.connect(proxy.port)
-        wire.send(routed("POST", "/up", up.port, [("Transfer-Encoding", "chunked")]))
+        wire = send_routed(proxy, "POST", "/up", up.port, [("Transfer-Encoding", "chunked")])
         wire.send(b"9\r\nchunk-one\r\n")
         assert first_chunk.wait(5), "upstream never saw chunk 1 while the client held chunk 2"
         wire.send(b"9\r\nchunk-two\r\n0\r\n\r\n")
@@ -189,8 +182,7 @@ def test_sse_events_arrive_one_by_one(proxy):
         wire.send(b"0\r\n\r\n")
 
     with Upstream(sse) as up:
-        wire = Wire.connect(proxy.port)
-        wire.send(routed("GET", "/events", up.port, [("Accept", "text/event-stream")]))
+        wire = send_routed(proxy, "GET", "/events", up.port, [("Accept", "text/event-stream")])
         msg = wire.read_head()
         assert msg.get("content-type") == "text/event-stream"
         for n, ack in enumerate(acks):
@@ -272,17 +264,16 @@ def test_head_204_304_have_no_body_and_next_pipelined_response_parses(proxy, app
     assert described(wire.read_response())["target"] == "/after"
 
 
-def _http10_upstream(wire, upstream):
-    """An HTTP/1.0-style upstream: no Content-Length, the body ends when it closes."""
-    wire.read_request()
-    wire.send(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"until-close " * 1000)
+# An HTTP/1.0-style upstream: no Content-Length, the body ends when it closes.
+_http10_upstream = answers(
+    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"until-close " * 1000
+)
 
 
 @pytest.mark.timeout(20)
 def test_read_until_close_upstream_reaches_http11_client_chunked(proxy):
     with Upstream(_http10_upstream) as up:
-        wire = Wire.connect(proxy.port)
-        wire.send(routed("GET", "/", up.port))
+        wire = send_routed(proxy, "GET", "/", up.port)
         msg = wire.read_response()
         assert msg.get("transfer-encoding") == "chunked"
         assert msg.body == b"until-close " * 1000
@@ -292,13 +283,9 @@ def test_read_until_close_upstream_reaches_http11_client_chunked(proxy):
 
 @pytest.mark.timeout(20)
 def test_upstream_gone_mid_response_client_never_sees_complete_response(proxy):
-    def truncating(wire, upstream):
-        wire.read_request()
-        wire.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
-
+    truncating = answers(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
     with Upstream(truncating) as up:
-        wire = Wire.connect(proxy.port)
-        wire.send(routed("GET", "/", up.port))
+        wire = send_routed(proxy, "GET", "/", up.port)
         msg = wire.read_head()
         assert msg.status == 200 and msg.get("content-length") == "1000"
         assert wire.read_to_eof() == b"0123456789"  # closed before 1000 bytes
@@ -306,14 +293,8 @@ def test_upstream_gone_mid_response_client_never_sees_complete_response(proxy):
 
 @pytest.mark.timeout(20)
 def test_502_for_garbage_upstream_names_host_port(proxy):
-    def garbage(wire, upstream):
-        wire.read_request()
-        wire.send(b"this is not http\r\n\r\n")
-
-    with Upstream(garbage) as up:
-        wire = Wire.connect(proxy.port)
-        wire.send(routed("GET", "/", up.port))
-        msg = wire.read_response()
+    with Upstream(answers(b"this is not http\r\n\r\n")) as up:
+        msg = send_routed(proxy, "GET", "/", up.port).read_response()
     assert msg.status == 502 and msg.get("content-type").startswith("text/plain")
     assert msg.body.startswith(b"upstream request error:")
     assert f"127.0.0.1:{up.port}".encode() in msg.body
@@ -323,8 +304,7 @@ def test_502_for_garbage_upstream_names_host_port(proxy):
 def test_502_for_refused_names_host_port(proxy):
     with Upstream(echo_http) as up:
         port = up.port
-    wire = Wire.connect(proxy.port)
-    wire.send(routed("GET", "/", port))
+    wire = send_routed(proxy, "GET", "/", port)
     msg = wire.read_response()
     assert msg.status == 502 and msg.get("content-type").startswith("text/plain")
     assert (
@@ -338,8 +318,7 @@ def test_502_for_refused_names_host_port(proxy):
 def test_http10_client_gets_no_chunked_response(proxy, app, path):
     with Upstream(_http10_upstream) as closing:
         port = closing.port if path == "until-close" else app.port
-        wire = Wire.connect(proxy.port)
-        wire.send(routed("GET", "/" + path.strip("/"), port, version="HTTP/1.0"))
+        wire = send_routed(proxy, "GET", "/" + path.strip("/"), port, version="HTTP/1.0")
         msg = wire.read_response()
         assert msg.get("transfer-encoding") is None and b"HTTP/1.1" in msg.raw_head[:8]
         if msg.get("content-length") is None:

@@ -9,15 +9,9 @@ Workspace numbers are in the 3300s so that other suites' servers never collide.
 import pytest
 import requests
 from conftest import free_port
-from upstreams import Upstream, Wire, described, echo_http, routed, running_proxy
+from upstreams import Upstream, Wire, described, echo_http, routed
 
 from cmux_gevent import workspace_ip
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory):
-    with running_proxy(tmp_path_factory.mktemp("routing")) as p:
-        yield p
 
 
 @pytest.fixture(scope="module")

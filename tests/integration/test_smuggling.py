@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-from conftest import ProxyProcess
 from recording import (
     RecordingUpstream,
     ScriptedUpstream,
@@ -24,13 +23,6 @@ from recording import (
 SENTINEL = (
     b"GET /sentinel HTTP/1.1\r\nHost: s\r\nX-Cmux-Port-Internal: %d\r\nConnection: close\r\n\r\n"
 )
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory):
-    proc = ProxyProcess([], log_path=tmp_path_factory.mktemp("smuggling") / "proxy.log")
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture

@@ -11,21 +11,21 @@ import struct
 
 import pytest
 import websocket
-from upstreams import Upstream, Wire, raw_upgrade_echo, routed, running_proxy, ws_echo
+from upstreams import Upstream, Wire, answers, raw_upgrade_echo, routed, send_routed, ws_echo
 
 from cmux_gevent import workspace_ip
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory):
-    with running_proxy(tmp_path_factory.mktemp("ws")) as p:
-        yield p
 
 
 @pytest.fixture(scope="module")
 def ws_upstream():
     with Upstream(ws_echo) as up:
         yield up
+
+
+def assert_binary_echoed(ws, payload: bytes) -> None:
+    ws.send_binary(payload)
+    opcode, data = ws.recv_data()
+    assert opcode == websocket.ABNF.OPCODE_BINARY and data == payload
 
 
 def connect_ws(proxy, port, **kwargs):
@@ -59,10 +59,7 @@ def test_websocket_text_and_binary_frames(proxy, ws_upstream):
     ws = connect_ws(proxy, ws_upstream.port)
     ws.send("héllo wörld")
     assert ws.recv() == "héllo wörld"
-    payload = bytes(range(256)) * 3
-    ws.send_binary(payload)
-    opcode, data = ws.recv_data()
-    assert opcode == websocket.ABNF.OPCODE_BINARY and data == payload
+    assert_binary_echoed(ws, bytes(range(256)) * 3)
     ws.close()
 
 
@@ -95,10 +92,7 @@ def test_16_concurrent_websocket_clients(proxy, ws_upstream):
 @pytest.mark.timeout(30)
 def test_websocket_5mb_message(proxy, ws_upstream):
     ws = connect_ws(proxy, ws_upstream.port)
-    payload = os.urandom(5 * 1024 * 1024)
-    ws.send_binary(payload)
-    opcode, data = ws.recv_data()
-    assert opcode == websocket.ABNF.OPCODE_BINARY and data == payload
+    assert_binary_echoed(ws, os.urandom(5 * 1024 * 1024))
     ws.close()
 
 
@@ -131,13 +125,11 @@ def test_websocket_routed_by_workspace_and_host(proxy):
 
 @pytest.mark.timeout(20)
 def test_refused_upgrade_relays_the_upstream_answer(proxy):
-    def refuse(wire, upstream):
-        wire.read_request()
-        wire.send(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 4\r\n\r\nnope")
-
+    refuse = answers(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 4\r\n\r\nnope")
     with Upstream(refuse) as up:
-        wire = Wire.connect(proxy.port)
-        wire.send(routed("GET", "/", up.port, [("Connection", "Upgrade"), ("Upgrade", "x")]))
+        wire = send_routed(
+            proxy, "GET", "/", up.port, [("Connection", "Upgrade"), ("Upgrade", "x")]
+        )
         msg = wire.read_response()
         assert (msg.status, msg.body) == (426, b"nope")
         assert wire.at_eof()
@@ -147,7 +139,8 @@ def test_refused_upgrade_relays_the_upstream_answer(proxy):
 def test_upgrade_to_closed_port_is_502(proxy):
     with Upstream(ws_echo) as up:
         port = up.port
-    wire = Wire.connect(proxy.port)
-    wire.send(routed("GET", "/", port, [("Connection", "Upgrade"), ("Upgrade", "websocket")]))
+    wire = send_routed(
+        proxy, "GET", "/", port, [("Connection", "Upgrade"), ("Upgrade", "websocket")]
+    )
     msg = wire.read_response()
     assert msg.status == 502 and msg.body.startswith(b"upstream request error:")

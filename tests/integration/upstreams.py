@@ -16,9 +16,6 @@ import json
 import socket
 import struct
 import threading
-from pathlib import Path
-
-from conftest import ProxyProcess
 
 TIMEOUT = 10.0
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -245,6 +242,16 @@ def describe(req, wire, upstream):
 echo_http = http_server(describe)
 
 
+def answers(raw: bytes):
+    """A handler that reads one request and sends `raw` as it is (cut short, not HTTP, ...)."""
+
+    def handler(wire, upstream):
+        wire.read_request()
+        wire.send(raw)
+
+    return handler
+
+
 def tcp_echo(wire, upstream):
     """Echo raw bytes; after the client's EOF, say goodbye and close (half-close check)."""
     while True:
@@ -329,18 +336,7 @@ def ws_echo(wire, upstream):
             message = b""
 
 
-# -- the proxy under test ----------------------------------------------------------
-
-
-@contextlib.contextmanager
-def running_proxy(log_dir, *args, env=None, cmd=None):
-    """A daemon for a whole module (starting one costs ~0.3 s); its log in `log_dir`."""
-    log_dir = Path(log_dir)
-    proxy = ProxyProcess(list(args), env=env, log_path=log_dir / "proxy.log", cmd=cmd)
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
+# -- requests through the proxy under test -------------------------------------------
 
 
 def routed(method, target, port, headers=(), body=b"", version="HTTP/1.1") -> bytes:
@@ -348,6 +344,13 @@ def routed(method, target, port, headers=(), body=b"", version="HTTP/1.1") -> by
     lines = [f"{method} {target} {version}", "Host: example.test", f"X-Cmux-Port-Internal: {port}"]
     lines += [f"{n}: {v}" for n, v in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def send_routed(proxy, method, target, port, headers=(), body=b"", version="HTTP/1.1") -> Wire:
+    """A new client connection to `proxy` that has sent one request routed to `port`."""
+    wire = Wire.connect(proxy.port)
+    wire.send(routed(method, target, port, headers, body, version))
+    return wire
 
 
 def described(msg):
