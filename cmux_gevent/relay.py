@@ -59,26 +59,21 @@ class _Pipes:
 PIPES = _Pipes()
 
 
-def _wait(fd: int, event: int) -> None:
-    watcher = get_hub().loop.io(fd, event)
-    try:
-        get_hub().wait(watcher)
-    finally:
-        watcher.close()
-
-
-def send_all(fd: int, sock, data) -> None:
-    """Write all of `data` to a non-blocking socket, parking the greenlet on backpressure."""
+def send_all(sock, data, writable) -> None:
+    """Write all of `data` to a non-blocking socket, parking on `writable` under backpressure."""
     view = memoryview(data)
     while view:
         try:
             view = view[sock.send(view) :]
         except BlockingIOError:
-            _wait(fd, WRITE)
+            get_hub().wait(writable)
 
 
-def splice_some(src: int, dst: int, pipe, limit: int) -> int:
-    """Move up to `limit` bytes src → pipe → dst; 0 at EOF, -1 if src has nothing now."""
+def splice_some(src: int, dst: int, pipe, limit: int, writable) -> int:
+    """Move up to `limit` bytes src → pipe → dst; 0 at EOF, -1 if src has nothing now.
+
+    `writable` is a write watcher on dst, waited on while dst pushes back.
+    """
     try:
         moved = _splice(src, pipe[1], limit, flags=_SPLICE_FLAGS)
     except BlockingIOError:
@@ -88,32 +83,37 @@ def splice_some(src: int, dst: int, pipe, limit: int) -> int:
         try:
             left -= _splice(pipe[0], dst, left, flags=_SPLICE_FLAGS)
         except BlockingIOError:
-            _wait(dst, WRITE)
+            get_hub().wait(writable)
     return moved
 
 
 def copy_exact(src_sock, dst_sock, remaining):
     """Move `remaining` bytes (None: until EOF) between gevent sockets; returns bytes moved.
 
-    Uses splice when available; a source that ends early stops the copy short,
-    and the caller compares the count with what it expected.
+    Uses splice, with one pair of readiness watchers for the whole copy. A source
+    that ends early stops the copy short, and the caller compares the count with
+    what it expected.
     """
     src, dst = src_sock.fileno(), dst_sock.fileno()
     pipe = PIPES.get()
+    loop = get_hub().loop
+    readable, writable = loop.io(src, READ), loop.io(dst, WRITE)
     moved = 0
     clean = False
     try:
         while remaining is None or moved < remaining:
-            limit = SPLICE_CHUNK if remaining is None else min(SPLICE_CHUNK, remaining - moved)
-            got = splice_some(src, dst, pipe, limit)
+            left = SPLICE_CHUNK if remaining is None else min(SPLICE_CHUNK, remaining - moved)
+            got = splice_some(src, dst, pipe, left, writable)
             if got == 0:
                 break
             if got < 0:
-                _wait(src, READ)
+                get_hub().wait(readable)
                 continue
             moved += got
         clean = True
     finally:
+        readable.close()
+        writable.close()
         PIPES.put(pipe, empty=clean)
     return moved
 
@@ -131,13 +131,25 @@ class _Direction:
     source runs dry.
     """
 
-    __slots__ = ("tunnel", "src", "dst", "pending", "watcher", "greenlet", "moved", "pipe", "done")
+    __slots__ = (
+        "tunnel",
+        "src",
+        "dst",
+        "pending",
+        "watcher",
+        "writable",
+        "greenlet",
+        "moved",
+        "pipe",
+        "done",
+    )
 
     def __init__(self, tunnel, src, dst, pending: bytes):
         self.tunnel = tunnel
         self.src, self.dst = src, dst
         self.pending = pending
         self.watcher = get_hub().loop.io(src.fileno(), READ)
+        self.writable = None  # made on first backpressure: most tunnels never need it
         self.greenlet = None
         self.moved = 0
         self.pipe = None
@@ -183,7 +195,7 @@ class _Direction:
         """Copy until the source would block (back to the watcher) or ends (half-close)."""
         try:
             if self.pending:
-                send_all(self.dst.fileno(), self.dst, self.pending)
+                send_all(self.dst, self.pending, self._writable())
                 self.pending = b""
             while True:
                 got = self._move()
@@ -206,14 +218,21 @@ class _Direction:
         if self.pipe is None and can_splice and self.moved >= SPLICE_AFTER:
             self.pipe = PIPES.get()
         if self.pipe is not None:
-            return splice_some(src.fileno(), dst.fileno(), self.pipe, SPLICE_CHUNK)
+            return splice_some(
+                src.fileno(), dst.fileno(), self.pipe, SPLICE_CHUNK, self._writable()
+            )
         try:
             data = src.recv(READ_SIZE)
         except BlockingIOError:
             return -1
         if data:
-            send_all(dst.fileno(), dst, data)
+            send_all(dst, data, self._writable())
         return len(data)
+
+    def _writable(self):
+        if self.writable is None:
+            self.writable = get_hub().loop.io(self.dst.fileno(), WRITE)
+        return self.writable
 
     def _eof(self) -> None:
         self.done = True
@@ -225,6 +244,8 @@ class _Direction:
 
     def stop(self) -> None:
         self.watcher.close()
+        if self.writable is not None:
+            self.writable.close()
         if self.greenlet is not None:
             self.greenlet.kill(block=False)
             self.greenlet = None
