@@ -214,6 +214,7 @@ class Config:
         self.listen = parse_listen([v["listen"]])
         if not self.listen:
             raise ConfigError("no listen address")
+        self.listen_ports = frozenset(port for _, port in self.listen)
         self.upstream_host = v["upstream_host"]
         self.workers = _positive("--workers", v["workers"]) or 1
         self.log_level = v["log_level"].upper()

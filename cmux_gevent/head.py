@@ -193,19 +193,17 @@ def serialize_request(
         extra.append((b"Transfer-Encoding", b"chunked"))
     if connection:
         extra.append((b"Connection", connection))
-    return b"%s %s HTTP/1.1\r\n%s%s\r\n" % (
+    return b"%s %s HTTP/1.1\r\n%s\r\n" % (
         head.method,
         head.target,
-        _header_lines(headers),
-        _header_lines(extra),
+        _header_lines(headers + extra if extra else headers),
     )
 
 
 def serialize_response(head: ResponseHead, headers: List[Header], extra: List[Header]) -> bytes:
     """The head sent to the client: upstream status and reason, filtered headers, then ours."""
-    return b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (
+    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (
         head.status,
         head.reason,
-        _header_lines(headers),
-        _header_lines(extra),
+        _header_lines(headers + extra if extra else headers),
     )

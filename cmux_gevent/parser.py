@@ -45,6 +45,7 @@ class _EventParser:
         self._parser = self.parser_class(self)
         self._awaiting_head = True  # bytes fed now count against max_head_bytes
         self._head_bytes = 0
+        self._feeding = 0  # the size of the read being parsed
         self._headers: List[Header] = []
         self._fields_bytes = 0  # target/reason + header lines: the head's size, however chunked
 
@@ -56,8 +57,9 @@ class _EventParser:
         After an upgrade (101 or CONNECT/Upgrade request) the bytes past the head
         are kept in `upgraded_rest` and nothing more should be fed.
         """
+        self._feeding = len(data)
         if self._awaiting_head:
-            self._head_bytes += len(data)
+            self._head_bytes += self._feeding
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -100,11 +102,13 @@ class _EventParser:
         self._headers = []  # chunked trailers land here and are dropped, never forwarded
         if len(headers) > self.limits.max_headers:
             raise self.oversized("too many header fields")
-        # A head that completed inside one large read is measured here, so the size
-        # limit holds for any chunking ("name: value\r\n" per field).
-        size = self._fields_bytes + sum(len(n) + len(v) + 4 for n, v in headers)
-        if size > self.limits.max_head_bytes:
-            raise self.oversized("request header fields too large")
+        # The bytes fed while awaiting this head, plus the read that completed it,
+        # bound its size; only a bound over the limit (a large read) makes us measure
+        # the head exactly, so the limit holds for any chunking ("name: value\r\n").
+        if self._head_bytes + self._feeding > self.limits.max_head_bytes:
+            size = self._fields_bytes + sum(len(n) + len(v) + 4 for n, v in headers)
+            if size > self.limits.max_head_bytes:
+                raise self.oversized("request header fields too large")
         self._awaiting_head = False
         self._head_bytes = 0
         p = self._parser

@@ -147,7 +147,9 @@ def check_policy(target: Target, config) -> None:
     """Refuse ports outside the allow/deny policy and requests that would loop back to us."""
     if not config.port_allowed(target.port):
         raise ClientError(403, f"port {target.port} blocked by policy", POLICY_HEADERS)
-    if is_own_listener(target.host, target.port, config.listen):
+    if target.port in config.listen_ports and is_own_listener(
+        target.host, target.port, config.listen
+    ):
         raise ClientError(508, "routing loop")
 
 
