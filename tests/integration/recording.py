@@ -1,23 +1,21 @@
-"""A recording upstream: a real TCP server that keeps every byte it receives.
+"""Upstreams for attack tests: one that records every byte, one that runs a script.
 
-Attack tests point the proxy at it and then prove what did (or did not) reach a
-dev server: how many connections were opened, the exact bytes of each, and
-whether the proxy closed them. It answers every complete request it can frame
-with one fixed response, so well-formed traffic through the proxy still works.
-Its own framing is deliberately independent of the proxy's parser (plain byte
-splitting), and `malformed_heads()` checks the received heads against RFC 9112
-grammar with regular expressions.
+Attack tests point the proxy at a `RecordingUpstream` and then prove what did (or
+did not) reach a dev server: how many connections were opened, the exact bytes of
+each, and whether the proxy closed them. It answers every complete request it can
+frame with one fixed response, so well-formed traffic through the proxy still
+works. Its own framing is deliberately independent of the proxy's parser (plain
+byte splitting), and `malformed_heads()` checks the received heads against RFC
+9112 grammar with regular expressions. A `ScriptedUpstream` misbehaves on cue.
+Standard library only (tests/stress/compare_nginx.py imports it outside pytest).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import threading
 import time
-
-import psutil
 
 OK_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
@@ -30,6 +28,52 @@ FIELD_LINE = re.compile(
 )
 
 
+class _Server:
+    """Listen on `host`:0; `_accepted(sock)` takes each connection (in accept order)."""
+
+    def __init__(self, host: str):
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((host, 0))
+        self._listener.listen(512)
+        self.host, self.port = self._listener.getsockname()
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            self._accepted(sock)
+
+    def _accepted(self, sock) -> None:
+        raise NotImplementedError
+
+
+def _spawn(target, *args) -> None:
+    threading.Thread(target=target, args=args, daemon=True).start()
+
+
+def _wait_length(items: list, count: int, timeout: float, what: str) -> list:
+    """A copy of `items` once it holds `count` entries; TimeoutError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while len(items) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(items)} {what}, expected {count}")
+        time.sleep(0.01)
+    return list(items)
+
+
 class Connection:
     """What one upstream connection received, and how it ended."""
 
@@ -39,7 +83,7 @@ class Connection:
         self.answered = 0
 
 
-class RecordingUpstream:
+class RecordingUpstream(_Server):
     """Listen on `host`:0; `answer` False means accept and never send a byte.
 
     `response` is what each request gets (bytes, sent whole); it may be malformed
@@ -52,24 +96,11 @@ class RecordingUpstream:
         self.answer = answer
         self.connections: list[Connection] = []
         self._lock = threading.Lock()
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((host, 0))
-        self._listener.listen(512)
-        self.host, self.port = self._listener.getsockname()
-        self._stopping = False
         self._socks = []
-        threading.Thread(target=self._accept_loop, daemon=True).start()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        super().__init__(host)
 
     def close(self) -> None:
-        self._stopping = True
-        self._listener.close()
+        super().close()
         with self._lock:
             for sock in self._socks:
                 try:
@@ -84,14 +115,7 @@ class RecordingUpstream:
             return b"".join(bytes(c.data) for c in self.connections)
 
     def wait_connections(self, count: int, timeout: float = 5.0) -> list[Connection]:
-        deadline = time.monotonic() + timeout
-        while len(self.connections) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{len(self.connections)} upstream connections, expected {count}"
-                )
-            time.sleep(0.01)
-        return list(self.connections)
+        return _wait_length(self.connections, count, timeout, "upstream connections")
 
     def wait_all_closed(self, timeout: float = 5.0) -> None:
         """Wait until the proxy has closed every connection it opened to us."""
@@ -104,8 +128,7 @@ class RecordingUpstream:
         """Every request head received, split at the blank line (bodies ignored)."""
         found = []
         for conn in list(self.connections):
-            data = bytes(conn.data)
-            found.extend(part for part in _split_heads(data))
+            found.extend(_split_heads(bytes(conn.data)))
         return found
 
     def malformed_heads(self) -> list[bytes]:
@@ -113,17 +136,12 @@ class RecordingUpstream:
 
     # -- serving -----------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        while not self._stopping:
-            try:
-                sock, _ = self._listener.accept()
-            except OSError:
-                return
-            conn = Connection()
-            with self._lock:
-                self.connections.append(conn)
-                self._socks.append(sock)
-            threading.Thread(target=self._serve, args=(sock, conn), daemon=True).start()
+    def _accepted(self, sock) -> None:
+        conn = Connection()
+        with self._lock:
+            self.connections.append(conn)
+            self._socks.append(sock)
+        _spawn(self._serve, sock, conn)
 
     def _serve(self, sock, conn: Connection) -> None:
         pending = b""
@@ -224,76 +242,7 @@ def well_formed(head: bytes) -> bool:
     return len(values.get(b"host", [])) <= 1
 
 
-# -- a raw client: exact bytes in, the proxy's reply and whether it closed -------
-
-
-class Reply:
-    """The bytes a proxy sent back before closing (or before the timeout)."""
-
-    def __init__(self, data: bytes, closed: bool):
-        self.data = data
-        self.closed = closed
-        head, _, self.body = data.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-        self.headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            self.headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
-
-    def __repr__(self):
-        return f"Reply(status={self.status}, closed={self.closed}, data={self.data[:200]!r})"
-
-
-def send_raw(port: int, data: bytes, timeout: float = 5.0, host: str = "127.0.0.1") -> Reply:
-    """Send `data`, then read until the proxy closes or `timeout` passes."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(data)
-        return read_until_close(sock, timeout)
-
-
-def read_until_close(sock, timeout: float) -> Reply:
-    received = b""
-    deadline = time.monotonic() + timeout
-    closed = False
-    while time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            break
-        except ConnectionResetError:
-            closed = True
-            break
-        if not data:
-            closed = True
-            break
-        received += data
-    return Reply(received, closed)
-
-
-def read_response(sock, timeout: float = 5.0) -> Reply:
-    """Read exactly one Content-Length-framed response from a keep-alive connection."""
-    sock.settimeout(timeout)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        more = sock.recv(65536)
-        if not more:
-            return Reply(data, True)
-        data += more
-    reply = Reply(data, False)
-    want = int(reply.headers.get("content-length", "0"))
-    while len(reply.body) < want:
-        more = sock.recv(65536)
-        if not more:
-            return Reply(data, True)
-        data += more
-        reply = Reply(data, False)
-    return reply
-
-
-class ScriptedUpstream:
+class ScriptedUpstream(_Server):
     """Listen on `host`:0 and run `script(sock)` for each connection in its own thread.
 
     For upstreams that misbehave on cue (half a response, then a close). What each
@@ -303,34 +252,13 @@ class ScriptedUpstream:
     def __init__(self, script, host: str = "127.0.0.1"):
         self.script = script
         self.results = []
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((host, 0))
-        self._listener.listen(512)
-        self.host, self.port = self._listener.getsockname()
-        threading.Thread(target=self._accept_loop, daemon=True).start()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._listener.close()
+        super().__init__(host)
 
     def wait_results(self, count: int, timeout: float = 5.0) -> list:
-        deadline = time.monotonic() + timeout
-        while len(self.results) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(self.results)} scripts finished, expected {count}")
-            time.sleep(0.01)
-        return list(self.results)
+        return _wait_length(self.results, count, timeout, "scripts finished")
 
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                sock, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._run, args=(sock,), daemon=True).start()
+    def _accepted(self, sock) -> None:
+        _spawn(self._run, sock)
 
     def _run(self, sock) -> None:
         try:
@@ -339,92 +267,3 @@ class ScriptedUpstream:
             self.results.append(exc)
         finally:
             sock.close()
-
-
-def recv_head(sock, timeout: float = 5.0) -> bytes:
-    """Read up to and including the blank line ending a head (the rest stays in `sock`'s data)."""
-    sock.settimeout(timeout)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        more = sock.recv(1)
-        if not more:
-            raise ConnectionError(f"closed after {data!r}")
-        data += more
-    return data
-
-
-def wait_closed(sock, timeout: float = 5.0) -> bool:
-    """Read and discard until EOF or reset; True if that happened within `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            if not sock.recv(65536):
-                return True
-        except TimeoutError:
-            return False
-        except OSError:
-            return True
-    return False
-
-
-# -- watching the proxy process --------------------------------------------------
-
-CLOSE_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-
-
-def settled_fds(pid: int, timeout: float = 5.0) -> int:
-    """The process's open fd count once it stops changing (two equal samples 0.1 s apart)."""
-    process = psutil.Process(pid)
-    deadline = time.monotonic() + timeout
-    last = process.num_fds()
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = process.num_fds()
-        if now == last:
-            return now
-        last = now
-    return last
-
-
-def wait_fds(pid: int, at_most: int, timeout: float = 10.0) -> int:
-    """Poll until the process has at most `at_most` fds open; returns the last count."""
-    process = psutil.Process(pid)
-    deadline = time.monotonic() + timeout
-    count = process.num_fds()
-    while count > at_most and time.monotonic() < deadline:
-        time.sleep(0.05)
-        count = process.num_fds()
-    return count
-
-
-def cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
-
-
-#: relay.py keeps up to this many empty splice pipes (two fds each) for the next large body.
-PIPE_POOL_FDS = 2 * 16
-
-
-def fd_census(pid: int) -> dict:
-    """The process's open fds by kind ("socket", "pipe", "anon_inode", "file")."""
-    kinds: dict = {}
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue  # closed while we looked
-        kind = target.split(":", 1)[0] if ":" in target and not target.startswith("/") else "file"
-        kinds[kind] = kinds.get(kind, 0) + 1
-    return kinds
-
-
-def wait_sockets(pid: int, at_most: int, timeout: float = 10.0) -> dict:
-    """Poll until the process holds at most `at_most` sockets; returns the last census."""
-    deadline = time.monotonic() + timeout
-    census = fd_census(pid)
-    while census.get("socket", 0) > at_most and time.monotonic() < deadline:
-        time.sleep(0.05)
-        census = fd_census(pid)
-    return census

@@ -17,7 +17,15 @@ import time
 
 import pytest
 from conftest import REPO, free_port, wait_for_port
-from upstreams import Upstream, Wire, described, echo_http, http_server, response, routed
+from integration.upstreams import (
+    Upstream,
+    Wire,
+    described,
+    echo_http,
+    http_server,
+    response,
+    routed,
+)
 
 from cmux_gevent import __version__
 from cmux_gevent.config import OPTIONS

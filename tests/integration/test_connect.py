@@ -7,7 +7,7 @@ a tunnel that closes both directions on the first EOF loses that answer.
 import socket
 
 import pytest
-from upstreams import Upstream, Wire, tcp_echo
+from integration.upstreams import Upstream, Wire, tcp_echo
 
 from cmux_gevent import workspace_ip
 

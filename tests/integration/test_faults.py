@@ -10,45 +10,19 @@ import sys
 import threading
 import time
 
-import psutil
 import pytest
-from recording import (
-    RecordingUpstream,
-    ScriptedUpstream,
-    cpu_seconds,
+from conftest import can_connect, wait_until
+from integration.procwatch import baseline_fds, cpu_seconds, wait_fds, wait_fds_at_least
+from integration.rawclient import (
     read_response,
     read_until_close,
     recv_head,
+    recv_until,
+    request,
     send_raw,
-    settled_fds,
     wait_closed,
-    wait_fds,
 )
-
-
-def request(port: int, target: bytes = b"/", *extra: bytes, close: bool = True) -> bytes:
-    lines = [b"GET " + target + b" HTTP/1.1", b"Host: t", b"X-Cmux-Port-Internal: %d" % port]
-    lines.extend(extra)
-    if close:
-        lines.append(b"Connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-BIG_CLOSE_RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nContent-Length: 4194304\r\nConnection: close\r\n\r\n" + b"w" * 4194304
-)
-
-
-def baseline_fds(proxy) -> int:
-    """The proxy's fd count after one large exchange.
-
-    By then the lazily created resources exist: the hub's, and the one splice pipe
-    that relay.py keeps pooled for the next large body.
-    """
-    with RecordingUpstream(response=BIG_CLOSE_RESPONSE) as warm:
-        assert send_raw(proxy.port, request(warm.port)).status == 200
-        warm.wait_all_closed()
-    return settled_fds(proxy.pid)
+from integration.recording import RecordingUpstream, ScriptedUpstream
 
 
 def rst_close(sock) -> None:
@@ -82,14 +56,6 @@ def test_emfile_on_accept_backs_off_without_spinning(start_proxy, tmp_path):
     assert "accept failed" in proxy.log()
 
 
-def wait_fds_at_least(pid: int, count: int, timeout: float = 10.0) -> int:
-    process = psutil.Process(pid)
-    deadline = time.monotonic() + timeout
-    while process.num_fds() < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return process.num_fds()
-
-
 def closed_already(sock) -> bool:
     """True if the proxy already closed `sock` (EOF or reset), without waiting."""
     sock.setblocking(False)
@@ -110,11 +76,11 @@ def test_client_gone_mid_upload_closes_upstream(start_proxy, how):
     baseline = baseline_fds(proxy)
     with RecordingUpstream() as upstream:
         client = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-        client.sendall(request(upstream.port, b"/up", b"Content-Length: 1000000", close=False))
+        client.sendall(
+            request(upstream.port, b"Content-Length: 1000000", target=b"/up", close=False)
+        )
         client.sendall(b"u" * 100_000)
-        deadline = time.monotonic() + 5
-        while upstream.received().count(b"u") < 100_000 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert wait_until(lambda: upstream.received().count(b"u") >= 100_000)
         rst_close(client) if how == "rst" else client.close()
         upstream.wait_all_closed(timeout=2)  # closed, not pooled (the pool would hold it 4 s)
         assert upstream.connections[0].answered == 0
@@ -140,7 +106,7 @@ def test_client_gone_mid_download_closes_upstream(start_proxy, how):
     baseline = baseline_fds(proxy)
     with ScriptedUpstream(endless) as upstream:
         client = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-        client.sendall(request(upstream.port, b"/down"))
+        client.sendall(request(upstream.port, target=b"/down"))
         got = 0
         while got < 200_000:
             got += len(client.recv(65536))
@@ -181,10 +147,7 @@ def test_upstream_that_never_answers_is_released_when_client_leaves(start_proxy)
     proxy = start_proxy()
     baseline = baseline_fds(proxy)
     with RecordingUpstream(answer=False) as upstream:
-        client = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-        client.sendall(request(upstream.port, b"/hang"))
-        upstream.wait_connections(1)
-        client.close()
+        _held_client(proxy, upstream).close()
         left = time.monotonic()
         upstream.wait_all_closed(timeout=3)
         print(f"\nupstream closed {time.monotonic() - left:.3f}s after the client left")
@@ -197,13 +160,13 @@ def test_pipelined_requests_each_forwarded_exactly_once(start_proxy):
     with RecordingUpstream() as upstream:
         port = upstream.port
         burst = (
-            request(port, b"/one", close=False)
+            request(port, target=b"/one", close=False)
             + b"POST /two HTTP/1.1\r\nX-Cmux-Port-Internal: %d\r\nContent-Length: 5\r\n\r\nhello"
             % port
             + b"POST /three HTTP/1.1\r\nX-Cmux-Port-Internal: %d\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
             % port
-            + request(port, b"/four")
+            + request(port, target=b"/four")
         )
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
             sock.sendall(burst)  # one packet, four requests
@@ -242,11 +205,8 @@ def test_websocket_bytes_around_the_upgrade_are_relayed_once(start_proxy):
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
             sock.sendall(upgrade + b"client-early")  # frame bytes in the upgrade's packet
             want = b"server-first|echo:client-early"
-            data = b""
-            while not data.endswith(want):
-                more = sock.recv(65536)
-                assert more, data
-                data += more
+            data, closed = recv_until(sock, lambda seen: seen.endswith(want))
+            assert not closed, data
             head, _, after = data.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 101")
             assert after == want
@@ -268,12 +228,17 @@ def _hold_until(got_head, release):
     return script
 
 
-def _refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return True
-    return False
+def _held_client(proxy, hung):
+    """A client whose request reached `hung`, an upstream that never answers."""
+    client = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+    client.sendall(request(hung.port))
+    hung.wait_connections(1)
+    return client
+
+
+def _stops_accepting(proxy) -> bool:
+    """Whether the proxy's listener closes within 3 s (it does once draining starts)."""
+    return wait_until(lambda: not can_connect("127.0.0.1", proxy.port), timeout=3)
 
 
 @pytest.mark.timeout(30)
@@ -291,10 +256,7 @@ def test_sigterm_drains_in_flight_closes_idle_and_exits_0(start_proxy):
         proxy.proc.send_signal(signal.SIGTERM)
         assert wait_closed(idle, 1.0), "idle keep-alive connection not closed at once"
         print(f"\nidle closed {time.monotonic() - signalled:.3f}s after SIGTERM")
-        deadline = time.monotonic() + 3
-        while not _refused(proxy.port) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert _refused(proxy.port), "still accepting while draining"
+        assert _stops_accepting(proxy), "still accepting while draining"
         assert proxy.proc.poll() is None  # waiting for the in-flight request
         release.set()
         reply = read_until_close(busy, 5)
@@ -310,9 +272,7 @@ def test_sigterm_drains_in_flight_closes_idle_and_exits_0(start_proxy):
 def test_drain_is_bounded_by_drain_timeout(start_proxy):
     proxy = start_proxy("--drain-timeout", "1")
     with RecordingUpstream(answer=False) as hung:
-        client = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-        client.sendall(request(hung.port))
-        hung.wait_connections(1)
+        client = _held_client(proxy, hung)
         signalled = time.monotonic()
         proxy.proc.send_signal(signal.SIGTERM)
         assert proxy.proc.wait(5) == 0
@@ -326,13 +286,9 @@ def test_drain_is_bounded_by_drain_timeout(start_proxy):
 def test_second_signal_exits_at_once(start_proxy):
     proxy = start_proxy("--drain-timeout", "60")
     with RecordingUpstream(answer=False) as hung:
-        client = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-        client.sendall(request(hung.port))
-        hung.wait_connections(1)
+        client = _held_client(proxy, hung)
         proxy.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 3
-        while not _refused(proxy.port) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert _stops_accepting(proxy)
         assert proxy.proc.poll() is None  # draining: would wait up to 60 s
         signalled = time.monotonic()
         proxy.proc.send_signal(signal.SIGTERM)

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 import requests
-from upstreams import (
+from integration.upstreams import (
     Upstream,
     Wire,
     answers,

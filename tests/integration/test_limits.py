@@ -6,25 +6,19 @@ documented defaults are in force with no flags at all.
 
 import select
 import socket
-import threading
 import time
 
 import pytest
-from recording import (
-    RecordingUpstream,
+from integration.rawclient import (
     read_response,
     read_until_close,
+    recv_head,
+    request,
     send_raw,
     wait_closed,
 )
-
-
-def request(port: int, *extra: bytes, target: bytes = b"/", close: bool = True) -> bytes:
-    lines = [b"GET " + target + b" HTTP/1.1", b"Host: t", b"X-Cmux-Port-Internal: %d" % port]
-    lines.extend(extra)
-    if close:
-        lines.append(b"Connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+from integration.recording import RecordingUpstream
+from integration.upstreams import Upstream, tcp_echo
 
 
 @pytest.fixture
@@ -236,40 +230,17 @@ def test_response_head_timeout_504(start_proxy):
         silent.wait_all_closed(timeout=2)  # the proxy let go of the upstream too
 
 
-class Echo:
-    """A TCP echo server: what a CONNECT tunnel reaches."""
-
-    def __init__(self):
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            with sock:
-                while data := sock.recv(65536):
-                    sock.sendall(data)
-
-
 @pytest.fixture
 def echo():
-    server = Echo()
-    yield server
-    server.listener.close()
+    """A TCP echo server: what a CONNECT tunnel reaches."""
+    with Upstream(tcp_echo) as server:
+        yield server
 
 
 def open_tunnel(proxy_port: int, echo_port: int):
     sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=5)
     sock.sendall(b"CONNECT x:1 HTTP/1.1\r\nX-Cmux-Port-Internal: %d\r\n\r\n" % echo_port)
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
+    head = recv_head(sock)
     assert head.startswith(b"HTTP/1.1 200"), head
     return sock
 

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 from conftest import REPO, free_port
-from recording import RecordingUpstream, send_raw
+from integration.rawclient import send_raw
+from integration.recording import RecordingUpstream
 
 
 def request(port: int, method: bytes = b"GET", host: bytes = b"t") -> bytes:

@@ -9,7 +9,7 @@ Workspace numbers are in the 3300s so that other suites' servers never collide.
 import pytest
 import requests
 from conftest import free_port
-from upstreams import Upstream, Wire, described, echo_http, routed
+from integration.upstreams import Upstream, Wire, described, echo_http, routed
 
 from cmux_gevent import workspace_ip
 

@@ -7,18 +7,19 @@ side is settled: the upstream saw the sentinel and nothing else.
 
 import socket
 import threading
-import time
 
 import pytest
-from recording import (
-    RecordingUpstream,
-    ScriptedUpstream,
+from conftest import wait_until
+from integration.rawclient import (
     read_response,
     read_until_close,
     recv_head,
+    recv_until,
     send_raw,
     wait_closed,
 )
+from integration.recording import RecordingUpstream, ScriptedUpstream
+from integration.vectors import BAD_CHUNKS, CHUNKED_HEAD, VECTORS, P, head
 
 SENTINEL = (
     b"GET /sentinel HTTP/1.1\r\nHost: s\r\nX-Cmux-Port-Internal: %d\r\nConnection: close\r\n\r\n"
@@ -41,65 +42,6 @@ def assert_only_sentinel(proxy, upstream):
     assert len(upstream.connections) == 1
 
 
-def head(*lines: bytes) -> bytes:
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-P = b"X-Cmux-Port-Internal: %(port)d"
-VECTORS = {
-    "cl-and-te": head(b"POST / HTTP/1.1", P, b"Content-Length: 5", b"Transfer-Encoding: chunked")
-    + b"0\r\n\r\n",
-    "te-and-cl": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding: chunked", b"Content-Length: 5")
-    + b"0\r\n\r\n",
-    "two-content-lengths": head(b"POST / HTTP/1.1", P, b"Content-Length: 5", b"Content-Length: 6")
-    + b"hello!",
-    "content-length-list": head(b"POST / HTTP/1.1", P, b"Content-Length: 5, 6") + b"hello!",
-    "content-length-plus": head(b"POST / HTTP/1.1", P, b"Content-Length: +5") + b"hello",
-    "te-chunked-identity": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding: chunked, identity")
-    + b"0\r\n\r\n",
-    "te-xchunked": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding: xchunked") + b"0\r\n\r\n",
-    "te-identity": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding: identity") + b"0\r\n\r\n",
-    "te-gzip-chunked": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding: gzip, chunked")
-    + b"0\r\n\r\n",
-    "te-twice": head(
-        b"POST / HTTP/1.1", P, b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"
-    )
-    + b"0\r\n\r\n",
-    "te-obs-fold": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding:", b" chunked") + b"0\r\n\r\n",
-    "te-obs-fold-after": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding: chunked", b" identity")
-    + b"0\r\n\r\n",
-    "te-trailing-space": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding: chunked ") + b"0\r\n\r\n",
-    "te-vertical-tab": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding: \x0bchunked")
-    + b"0\r\n\r\n",
-    "te-space-before-colon": head(b"POST / HTTP/1.1", P, b"Transfer-Encoding : chunked")
-    + b"0\r\n\r\n",
-    "te-leading-space-name": head(b"POST / HTTP/1.1", b" Transfer-Encoding: chunked", P)
-    + b"0\r\n\r\n",
-    "bare-lf-everywhere": b"GET / HTTP/1.1\nX-Cmux-Port-Internal: %(port)d\n\n",
-    "bare-lf-one-header": b"GET / HTTP/1.1\r\nX-Cmux-Port-Internal: %(port)d\nX: y\r\n\r\n",
-    "bare-lf-terminator": b"GET / HTTP/1.1\r\nX-Cmux-Port-Internal: %(port)d\r\n\n",
-    "bare-cr": b"GET / HTTP/1.1\r\nX-Cmux-Port-Internal: %(port)d\rX: y\r\n\r\n",
-    "nul-in-value": head(b"GET / HTTP/1.1", P, b"X: a\x00b"),
-    "cr-in-value": head(b"GET / HTTP/1.1", P, b"X: a\rb"),
-    "lf-in-value": head(b"GET / HTTP/1.1", P, b"X: a\nb"),
-    "ctl-in-value": head(b"GET / HTTP/1.1", P, b"X: a\x01b"),
-    "space-before-colon": head(b"GET / HTTP/1.1", P, b"Host : a"),
-    "tab-before-colon": head(b"GET / HTTP/1.1", P, b"Host\t: a"),
-    "empty-header-name": head(b"GET / HTTP/1.1", P, b": a"),
-    "two-hosts": head(b"GET / HTTP/1.1", P, b"Host: a", b"Host: b"),
-    "version-1.2": head(b"GET / HTTP/1.2", P),
-    "version-2.0": head(b"GET / HTTP/2.0", P),
-    "version-3.1": head(b"GET / HTTP/3.1", P),
-    "version-0.9": head(b"GET / HTTP/0.9", P),
-    "version-lowercase": head(b"GET / http/1.1", P),
-    "version-absent": b"GET /\r\n" + P + b"\r\n\r\n",
-    "absolute-form-foreign": head(b"GET http://example.com/ HTTP/1.1", P),
-    "absolute-form-foreign-port": head(b"GET http://127.0.0.1:%(port)d/ HTTP/1.1", P),
-    "authority-form-get": head(b"GET example.com:80 HTTP/1.1", P),
-    "asterisk-get": head(b"GET * HTTP/1.1", P),
-}
-
-
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("name", list(VECTORS))
 def test_vector_gets_400_and_nothing_reaches_upstream(proxy, upstream, name):
@@ -111,32 +53,27 @@ def test_vector_gets_400_and_nothing_reaches_upstream(proxy, upstream, name):
     assert_only_sentinel(proxy, upstream)
 
 
-CHUNKED_HEAD = head(b"POST /upload HTTP/1.1", P, b"Transfer-Encoding: chunked")
-BAD_CHUNKS = {
-    "size-overflow": b"1ffffffffffffffff\r\n" + b"A" * 64 + b"\r\n0\r\n\r\n",
-    "size-plus-sign": b"+5\r\nAAAAA\r\n0\r\n\r\n",
-    "size-minus-sign": b"-5\r\nAAAAA\r\n0\r\n\r\n",
-    "size-0x-prefix": b"0x5\r\nAAAAA\r\n0\r\n\r\n",
-    "size-trailing-space": b"5 \r\nAAAAA\r\n0\r\n\r\n",
-    "size-bare-lf": b"5\nAAAAA\r\n0\r\n\r\n",
-    "data-longer-than-size": b"5\r\nAAAAAAAAAA\r\n0\r\n\r\n",
-    "second-chunk-bad": b"3\r\nok!\r\nzz\r\nAAAAA\r\n0\r\n\r\n",
-}
-
-
 @pytest.mark.timeout(20)
+@pytest.mark.parametrize("split", ["one-send", "after-head-went-upstream"])
 @pytest.mark.parametrize("name", list(BAD_CHUNKS))
-def test_invalid_chunk_never_forwarded_and_upstream_closed(proxy, upstream, name):
-    """The head may have gone upstream; the bad bytes never do and that connection is closed."""
-    request = CHUNKED_HEAD % {b"port": upstream.port} + BAD_CHUNKS[name]
-    reply = send_raw(proxy.port, request, timeout=3)
+def test_invalid_chunk_never_forwarded_and_upstream_closed(proxy, upstream, name, split):
+    """The head may have gone upstream (sent on its own, it surely has); the bad
+    bytes never follow it, the client gets a 400 and that upstream is closed."""
+    request = CHUNKED_HEAD % {b"port": upstream.port}
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=3) as sock:
+        if split == "after-head-went-upstream":
+            sock.sendall(request)
+            assert wait_until(lambda: upstream.received().endswith(b"\r\n\r\n")), upstream
+            request = b""
+        sock.sendall(request + BAD_CHUNKS[name])
+        reply = read_until_close(sock, 3)
     assert reply.status == 400, reply
     assert reply.closed
     upstream.wait_all_closed(timeout=3)
     received = upstream.received()
     assert b"A" not in received and b"zz" not in received, received
     if received:
-        assert len(upstream.connections) == 1
+        assert len(upstream.connections) == 1 and upstream.connections[0].answered == 0
         forwarded, _, body = received.partition(b"\r\n\r\n")
         assert forwarded.startswith(b"POST /upload HTTP/1.1\r\n")
         assert body in (b"", b"3\r\nok!\r\n"), body
@@ -189,9 +126,7 @@ def test_invalid_chunk_in_upstream_body_truncates(proxy):
     with ScriptedUpstream(script) as upstream:
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=3) as sock:
             sock.sendall(head(b"GET /r HTTP/1.1", b"Host: a", P) % {b"port": upstream.port})
-            first = b""
-            while b"abc" not in first:
-                first += sock.recv(4096)
+            first, _ = recv_until(sock, lambda seen: b"abc" in seen, size=4096)
             client_has_head.set()
             rest = read_until_close(sock, 3)
         assert first.startswith(b"HTTP/1.1 200 OK\r\n")
@@ -246,23 +181,3 @@ def test_absolute_form_other_authority_refused(proxy, upstream, target):
     assert reply.status == 400, reply
     assert reply.closed
     assert_only_sentinel(proxy, upstream)
-
-
-@pytest.mark.timeout(20)
-@pytest.mark.parametrize("name", list(BAD_CHUNKS))
-def test_invalid_chunk_after_head_went_upstream(proxy, upstream, name):
-    """The head is forwarded first; the bad chunk then never follows and that upstream is closed."""
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=3) as sock:
-        sock.sendall(CHUNKED_HEAD % {b"port": upstream.port})
-        upstream.wait_connections(1)
-        while not upstream.received().endswith(b"\r\n\r\n"):
-            time.sleep(0.01)
-        sock.sendall(BAD_CHUNKS[name])
-        reply = read_until_close(sock, 3)
-    assert reply.status == 400, reply
-    assert reply.closed
-    upstream.wait_all_closed(timeout=3)
-    forwarded, _, body = upstream.received().partition(b"\r\n\r\n")
-    assert forwarded.startswith(b"POST /upload HTTP/1.1\r\n")
-    assert body in (b"", b"3\r\nok!\r\n"), body
-    assert upstream.connections[0].answered == 0

@@ -11,7 +11,15 @@ import struct
 
 import pytest
 import websocket
-from upstreams import Upstream, Wire, answers, raw_upgrade_echo, routed, send_routed, ws_echo
+from integration.upstreams import (
+    Upstream,
+    Wire,
+    answers,
+    raw_upgrade_echo,
+    routed,
+    send_routed,
+    ws_echo,
+)
 
 from cmux_gevent import workspace_ip
 

@@ -1,11 +1,12 @@
 """Send every smuggling and oversize vector to cmux-gevent and to nginx; print a table.
 
-Not a test: a comparison to run by hand (`python tests/stress/compare_nginx.py`)
-on a machine with nginx (nginx-light) installed. Both proxies route by
-X-Cmux-Port-Internal to a fresh recording upstream per vector, so the table
-shows each one's answer and what, if anything, reached the upstream. The last
-column says whether cmux-gevent was at least as strict as nginx: it refused
-whatever nginx refused and forwarded nothing nginx did not.
+Not a test: a comparison to run by hand from the repository's root
+(`python -m tests.stress.compare_nginx`) on a machine with nginx (nginx-light)
+installed. nginx runs the bench's header-router config (bench/nginx.py). Both
+proxies route by X-Cmux-Port-Internal to a fresh recording upstream per vector,
+so the table shows each one's answer and what, if anything, reached the
+upstream. The last column says whether cmux-gevent was at least as strict as
+nginx: it refused whatever nginx refused and forwarded nothing nginx did not.
 """
 
 import shutil
@@ -15,15 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE.parent / "integration")]
-
-from conftest import ProxyProcess, free_port, wait_for_port
-from recording import RecordingUpstream, send_raw
-from test_smuggling import BAD_CHUNKS, CHUNKED_HEAD, VECTORS, head
-
-NGINX_CONF = Path("/work/shared/bench/peers/nginx.conf")
-P = b"X-Cmux-Port-Internal: %(port)d"
+from bench import nginx
+from tests.conftest import ProxyProcess, free_port, wait_for_port
+from tests.integration.rawclient import send_raw
+from tests.integration.recording import RecordingUpstream
+from tests.integration.vectors import BAD_CHUNKS, CHUNKED_HEAD, VECTORS, P, head
 
 CONTROLS = {  # valid requests: both proxies must forward these, or the table means nothing
     "control-get": head(b"GET / HTTP/1.1", P, b"Connection: close"),
@@ -44,24 +41,16 @@ OVERSIZE = {
 
 
 class Nginx:
-    """nginx with the shared header-router config, on free ports, in a temp dir."""
+    """nginx as the bench runs it (header router, 1 worker), on a free port, in a temp dir."""
 
-    def __init__(self):
+    def __init__(self, nginx_bin: str):
         self.dir = Path(tempfile.mkdtemp(prefix="cmp-nginx-"))
         self.port = free_port()
-        conf = NGINX_CONF.read_text()
-        for key, value in {
-            "@WORKERS@": "1",
-            "@RUN@": str(self.dir),
-            "@NAME@": "nginx",
-            "@PORT@": str(self.port),
-            "@TCP_PORT@": str(free_port()),
-            "@UPSTREAM_PORT@": str(free_port()),
-        }.items():
-            conf = conf.replace(key, value)
-        (self.dir / "nginx.conf").write_text(conf)
+        conf = nginx.proxy_conf(
+            self.dir, "nginx", self.port, workers=1, stream=None, tcp_port=0, origin_port=0
+        )
         self.proc = subprocess.Popen(
-            ["nginx", "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")],
+            nginx.argv(nginx_bin, conf, self.dir, "nginx"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -108,18 +97,21 @@ def refused(status) -> bool:
 
 
 def main() -> int:
+    nginx_bin = nginx.nginx_path()
+    if not nginx_bin:
+        sys.exit("nginx is not on PATH (apt-get install nginx-light)")
     vectors = dict(CONTROLS)
     vectors.update(VECTORS)
     vectors.update({f"chunk-{k}": CHUNKED_HEAD + v for k, v in BAD_CHUNKS.items()})
     vectors.update(OVERSIZE)
     cmux = ProxyProcess([], log_path=None)
-    nginx = Nginx()
+    reference = Nginx(nginx_bin)
     rows, weaker = [], 0
     try:
         for name, vector in vectors.items():
             vector = with_host(vector)
             c_status, c_answer, c_reached = outcome(cmux.port, vector)
-            n_status, n_answer, n_reached = outcome(nginx.port, vector)
+            n_status, n_answer, n_reached = outcome(reference.port, vector)
             strict = (refused(c_status) or not refused(n_status)) and (
                 c_reached != "BAD BYTES" or n_reached == "BAD BYTES"
             )
@@ -128,7 +120,7 @@ def main() -> int:
             rows.append((name, c_answer, c_reached, n_answer, n_reached, verdict))
     finally:
         cmux.stop()
-        nginx.stop()
+        reference.stop()
     header = (
         "vector",
         "cmux-gevent",

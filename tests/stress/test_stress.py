@@ -12,42 +12,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
-from integration.recording import (
+from integration.procwatch import (
     PIPE_POOL_FDS,
-    RecordingUpstream,
-    ScriptedUpstream,
+    baseline_fds,
     cpu_seconds,
     fd_census,
-    read_response,
-    read_until_close,
-    recv_head,
-    send_raw,
     settled_fds,
     wait_sockets,
 )
+from integration.rawclient import read_response, read_until_close, recv_head, request, send_raw
+from integration.recording import RecordingUpstream, ScriptedUpstream
 
 pytestmark = pytest.mark.stress
-
-BIG = 4 * 1024 * 1024
-BIG_CLOSE_RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % BIG + b"w" * BIG
-)
-
-
-def request(port: int, target: bytes = b"/", *extra: bytes, close: bool = True) -> bytes:
-    lines = [b"GET " + target + b" HTTP/1.1", b"Host: t", b"X-Cmux-Port-Internal: %d" % port]
-    lines.extend(extra)
-    if close:
-        lines.append(b"Connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-def baseline_fds(proxy) -> int:
-    """fds after one large exchange: hub resources and relay.py's pooled splice pipe exist."""
-    with RecordingUpstream(response=BIG_CLOSE_RESPONSE) as warm:
-        assert send_raw(proxy.port, request(warm.port)).status == 200
-        warm.wait_all_closed()
-    return settled_fds(proxy.pid)
 
 
 @pytest.mark.timeout(60)
@@ -110,13 +86,13 @@ def _dribble(attacker) -> None:
 
 def _abort_upload(proxy_port: int, upstream_port: int) -> None:
     with socket.create_connection(("127.0.0.1", proxy_port), timeout=5) as sock:
-        sock.sendall(request(upstream_port, b"/up", b"Content-Length: 1000000", close=False))
+        sock.sendall(request(upstream_port, b"Content-Length: 1000000", target=b"/up", close=False))
         sock.sendall(b"u" * 20_000)
 
 
 def _abort_download(proxy_port: int, upstream_port: int) -> None:
     with socket.create_connection(("127.0.0.1", proxy_port), timeout=5) as sock:
-        sock.sendall(request(upstream_port, b"/down"))
+        sock.sendall(request(upstream_port, target=b"/down"))
         got = 0
         while got < 100_000:
             data = sock.recv(65536)
@@ -177,7 +153,7 @@ def test_20000_keepalive_requests_rss_stays_flat(start_proxy):
             ok = 0
             with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
                 for i in range(count):
-                    sock.sendall(request(port, b"/soak/%d" % i, close=False))
+                    sock.sendall(request(port, target=b"/soak/%d" % i, close=False))
                     ok += read_response(sock).status == 200
             return ok
 
