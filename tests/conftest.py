@@ -85,7 +85,7 @@ def wait_until(condition, timeout: float = 5.0, interval: float = 0.01) -> bool:
     return done
 
 
-def run(argv, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
+def run_captured(argv, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
     """Run a command to completion with its output captured as text; the caller
     checks the exit code (so that a failure shows the output)."""
     kwargs.setdefault("check", False)
@@ -166,10 +166,27 @@ def proxy(tmp_path_factory):
     daemon.stop()
 
 
+def base_env(**extra) -> dict:
+    """os.environ without any CMUX_*/LD_PRELOAD, with a workspace root that
+    cannot contain the test's working directory; `extra` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMUX_") and k != "LD_PRELOAD"}
+    env["CMUX_WORKSPACE_ROOT"] = "/nonexistent-cmux-workspace-root"
+    env.update(extra)
+    return env
+
+
+def shim_env(lib: str, workspace=None, **extra) -> dict:
+    """base_env() with the shim preloaded and, if given, CMUX_WORKSPACE_INTERNAL."""
+    env = base_env(LD_PRELOAD=lib, **extra)
+    if workspace is not None:
+        env["CMUX_WORKSPACE_INTERNAL"] = workspace
+    return env
+
+
 @pytest.fixture(scope="session")
 def shim():
     """Builds the shim with `make -C preload`; a failed build fails the test."""
-    build = run(["make", "-C", str(PRELOAD_DIR)], timeout=120)
+    build = run_captured(["make", "-C", str(PRELOAD_DIR)], timeout=120)
     assert build.returncode == 0, f"make -C preload failed:\n{build.stdout}{build.stderr}"
     lib = PRELOAD_DIR / "libworkspace_net.so"
     assert lib.is_file()

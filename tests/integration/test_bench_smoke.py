@@ -8,12 +8,12 @@ its Python origin and load generator and say so, not crash.
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import psutil
 import pytest
+from conftest import run_captured
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench" / "bench.py"
@@ -21,12 +21,9 @@ BENCH = REPO / "bench" / "bench.py"
 
 def run_bench(tmp_path, *args, env=None):
     results = tmp_path / "results.json"
-    proc = subprocess.run(
+    proc = run_captured(
         [sys.executable, str(BENCH), "--smoke", "--json", str(results), *args],
-        check=False,
         cwd=str(REPO),
-        capture_output=True,
-        text=True,
         timeout=150,
         env=env,
     )

@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from conftest import REPO, free_port, wait_for_port
+from conftest import REPO, free_port, run_captured, wait_for_port
 from integration.upstreams import (
     Upstream,
     Wire,
@@ -96,13 +96,10 @@ def poll(predicate, timeout=10.0, what="condition"):
 def run(*args, env=None, cmd=PYTHON):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CMUX_")}
     full_env.update(env or {})
-    return subprocess.run(
+    return run_captured(
         [*cmd, *args],
-        check=False,
         env=full_env,
         cwd=str(REPO),
-        capture_output=True,
-        text=True,
         timeout=20,
     )
 
@@ -287,12 +284,9 @@ def test_importing_cmux_gevent_patches_nothing():
         "assert socket.socket is not gevent.socket.socket\n"
         "print('unpatched')\n"
     )
-    result = subprocess.run(
+    result = run_captured(
         [sys.executable, "-c", code],
-        check=False,
         cwd=str(REPO),
-        capture_output=True,
-        text=True,
         timeout=20,
     )
     assert result.returncode == 0, result.stderr

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_captured
 
 from cmux_gevent import preload
 
@@ -196,13 +197,10 @@ def test_e2e_shim_default_follows_cmux_preload_lib(tmp_path):
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         **{preload.LIB_ENV: str(lib)},
     )
-    out = subprocess.run(
+    out = run_captured(
         ["bash", str(REPO / "e2e" / "e2e.sh"), "--print-config"],
         env=env,
-        capture_output=True,
-        text=True,
         timeout=30,
-        check=False,
     )
     assert out.returncode == 0, out.stderr
     config = dict(line.split("=", 1) for line in out.stdout.splitlines())
@@ -271,13 +269,10 @@ def test_docker_sh_skips_with_exit_0_when_no_engine_answers(tmp_path, docker):
         fake.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
         fake.chmod(0o755)
         docker = str(fake)
-    out = subprocess.run(
+    out = run_captured(
         ["bash", str(REPO / "e2e" / "docker.sh")],
         env={**os.environ, "DOCKER": docker},
-        capture_output=True,
-        text=True,
         timeout=50,
-        check=False,
     )
     assert out.returncode == 0, out.stderr
     assert "skipping" in out.stdout

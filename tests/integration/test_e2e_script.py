@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_captured
 
 REPO = Path(__file__).resolve().parents[2]
 E2E = REPO / "e2e" / "e2e.sh"
@@ -26,13 +27,10 @@ def cmux(tmp_path):
 
 
 def run_e2e(*args, **env):
-    return subprocess.run(
+    return run_captured(
         ["bash", str(E2E), *args],
         env={**os.environ, **env},
-        capture_output=True,
-        text=True,
         timeout=60,
-        check=False,
     )
 
 

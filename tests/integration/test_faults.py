@@ -31,6 +31,25 @@ def rst_close(sock) -> None:
     sock.close()
 
 
+def leave(client, how: str) -> None:
+    """The client goes away: "fin" (a normal close) or "rst" (a reset)."""
+    rst_close(client) if how == "rst" else client.close()
+
+
+def connect(proxy, data: bytes):
+    """A client connection to `proxy` that has sent `data`."""
+    client = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+    client.sendall(data)
+    return client
+
+
+@pytest.fixture
+def fresh(start_proxy):
+    """A new proxy and its fd count at rest (see baseline_fds)."""
+    proxy = start_proxy()
+    return proxy, baseline_fds(proxy)
+
+
 @pytest.mark.timeout(60)
 def test_emfile_on_accept_backs_off_without_spinning(start_proxy, tmp_path):
     limited = ["prlimit", "--nofile=256:256", "--", sys.executable, "-m", "cmux_gevent"]
@@ -71,46 +90,43 @@ def closed_already(sock) -> bool:
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("how", ["fin", "rst"])
-def test_client_gone_mid_upload_closes_upstream(start_proxy, how):
-    proxy = start_proxy()
-    baseline = baseline_fds(proxy)
+def test_client_gone_mid_upload_closes_upstream(fresh, how):
+    proxy, baseline = fresh
     with RecordingUpstream() as upstream:
-        client = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-        client.sendall(
-            request(upstream.port, b"Content-Length: 1000000", target=b"/up", close=False)
-        )
+        upload = request(upstream.port, b"Content-Length: 1000000", target=b"/up", close=False)
+        client = connect(proxy, upload)
         client.sendall(b"u" * 100_000)
         assert wait_until(lambda: upstream.received().count(b"u") >= 100_000)
-        rst_close(client) if how == "rst" else client.close()
+        leave(client, how)
         upstream.wait_all_closed(timeout=2)  # closed, not pooled (the pool would hold it 4 s)
         assert upstream.connections[0].answered == 0
     assert wait_fds(proxy.pid, baseline) <= baseline
 
 
+def _endless_download(sock) -> str:
+    """A scripted upstream: a 1 GB body, sent until the proxy closes ("closed")."""
+    recv_head(sock)
+    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
+    sent = 0
+    try:
+        while sent < 1_000_000_000:
+            sock.sendall(b"d" * 65536)
+            sent += 65536
+    except OSError:
+        return "closed"
+    return "finished"
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("how", ["fin", "rst"])
-def test_client_gone_mid_download_closes_upstream(start_proxy, how):
-    def endless(sock):
-        recv_head(sock)
-        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
-        sent = 0
-        try:
-            while sent < 1_000_000_000:
-                sock.sendall(b"d" * 65536)
-                sent += 65536
-        except OSError:
-            return "closed"
-        return "finished"
-
-    proxy = start_proxy()
-    baseline = baseline_fds(proxy)
-    with ScriptedUpstream(endless) as upstream:
-        client = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-        client.sendall(request(upstream.port, target=b"/down"))
+def test_client_gone_mid_download_closes_upstream(fresh, how):
+    proxy, baseline = fresh
+    with ScriptedUpstream(_endless_download) as upstream:
+        client = connect(proxy, request(upstream.port, target=b"/down"))
         got = 0
         while got < 200_000:
             got += len(client.recv(65536))
-        rst_close(client) if how == "rst" else client.close()
+        leave(client, how)
         assert upstream.wait_results(1, timeout=5) == ["closed"]
     assert wait_fds(proxy.pid, baseline) <= baseline
 
@@ -143,9 +159,8 @@ def test_upstream_gone_mid_response_truncates_client(start_proxy, framing):
 
 
 @pytest.mark.timeout(30)
-def test_upstream_that_never_answers_is_released_when_client_leaves(start_proxy):
-    proxy = start_proxy()
-    baseline = baseline_fds(proxy)
+def test_upstream_that_never_answers_is_released_when_client_leaves(fresh):
+    proxy, baseline = fresh
     with RecordingUpstream(answer=False) as upstream:
         _held_client(proxy, upstream).close()
         left = time.monotonic()
@@ -230,8 +245,7 @@ def _hold_until(got_head, release):
 
 def _held_client(proxy, hung):
     """A client whose request reached `hung`, an upstream that never answers."""
-    client = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-    client.sendall(request(hung.port))
+    client = connect(proxy, request(hung.port))
     hung.wait_connections(1)
     return client
 
@@ -246,11 +260,9 @@ def test_sigterm_drains_in_flight_closes_idle_and_exits_0(start_proxy):
     proxy = start_proxy("--drain-timeout", "10")
     got_head, release = threading.Event(), threading.Event()
     with RecordingUpstream() as fast, ScriptedUpstream(_hold_until(got_head, release)) as slow:
-        idle = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-        idle.sendall(request(fast.port, close=False))
+        idle = connect(proxy, request(fast.port, close=False))
         assert read_response(idle).status == 200
-        busy = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-        busy.sendall(request(slow.port, close=False))
+        busy = connect(proxy, request(slow.port, close=False))
         assert got_head.wait(5)
         signalled = time.monotonic()
         proxy.proc.send_signal(signal.SIGTERM)

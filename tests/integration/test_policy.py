@@ -4,11 +4,10 @@ Each refusal is checked against a recording upstream: a refused request must not
 open a connection anywhere.
 """
 
-import subprocess
 import sys
 
 import pytest
-from conftest import REPO, free_port
+from conftest import REPO, free_port, run_captured
 from integration.rawclient import send_raw
 from integration.recording import RecordingUpstream
 
@@ -121,12 +120,9 @@ def test_policy_covers_host_routes_connect_and_upgrades(start_proxy):
 @pytest.mark.parametrize("flag", ["--allow-ports", "--deny-ports"])
 @pytest.mark.parametrize("value", ["0", "70000", "3000-2000", "http", "1-2-3"])
 def test_invalid_port_lists_exit_2(flag, value):
-    run = subprocess.run(
+    run = run_captured(
         [sys.executable, "-m", "cmux_gevent", "--listen", f"127.0.0.1:{free_port()}", flag, value],
-        check=False,
         cwd=str(REPO),
-        capture_output=True,
-        text=True,
         timeout=15,
     )
     assert run.returncode == 2, run

@@ -11,7 +11,6 @@ other test suites that use workspace-1, workspace-2, ... concurrently.
 
 import concurrent.futures
 import errno
-import http.client
 import json
 import os
 import random
@@ -22,15 +21,24 @@ import string
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from conftest import (
+    REPO,
+    base_env,
+    can_connect,
+    free_port,
+    http_get,
+    port_free,
+    run_captured,
+    shim_env,
+    wait_for_port,
+    wait_until,
+)
 
 from cmux_gevent import preload
 from cmux_gevent.workspace import InvalidWorkspace, workspace_ip
 
-REPO = Path(__file__).resolve().parents[2]
-PRELOAD_DIR = REPO / "preload"
 VALGRIND = shutil.which("valgrind") or "/usr/bin/valgrind"
 
 # ---------------------------------------------------------------------------
@@ -207,29 +215,13 @@ int main(int argc, char **argv)
 
 
 @pytest.fixture(scope="session")
-def shim():
-    """Builds the shim with `make -C preload`; a failed build fails the test."""
-    build = subprocess.run(
-        ["make", "-C", str(PRELOAD_DIR)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert build.returncode == 0, f"make -C preload failed:\n{build.stdout}{build.stderr}"
-    lib = PRELOAD_DIR / "libworkspace_net.so"
-    assert lib.is_file()
-    return str(lib)
-
-
-@pytest.fixture(scope="session")
 def cprogs(tmp_path_factory):
     """The C helper programs, compiled with the system compiler."""
     out = tmp_path_factory.mktemp("preload-cprogs")
     progs = {}
     for name, src in (("probe", PROBE_C), ("gai", GAI_C)):
         (out / f"{name}.c").write_text(src)
-        cc = subprocess.run(
+        cc = run_captured(
             [
                 "cc",
                 "-O1",
@@ -241,9 +233,6 @@ def cprogs(tmp_path_factory):
                 str(out / name),
                 str(out / f"{name}.c"),
             ],
-            check=False,
-            capture_output=True,
-            text=True,
             timeout=120,
         )
         assert cc.returncode == 0, cc.stderr
@@ -255,112 +244,15 @@ def cprogs(tmp_path_factory):
 # helpers
 
 
-def base_env(**extra):
-    """os.environ without any CMUX_*/LD_PRELOAD, with a workspace root that
-    cannot contain the test's working directory."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CMUX_") and k != "LD_PRELOAD"}
-    env["CMUX_WORKSPACE_ROOT"] = "/nonexistent-cmux-workspace-root"
-    env.update(extra)
-    return env
-
-
-def shim_env(lib, workspace=None, **extra):
-    env = base_env(LD_PRELOAD=lib)
-    if workspace is not None:
-        env["CMUX_WORKSPACE_INTERNAL"] = workspace
-    env.update(extra)
-    return env
-
-
 def run_probe(cprogs, env, *args, cwd="/"):
-    r = subprocess.run(
+    r = run_captured(
         [cprogs["probe"], *args],
         env=env,
         cwd=cwd,
-        check=False,
-        capture_output=True,
-        text=True,
         timeout=30,
     )
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
-
-
-def port_free(ip, port):
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(family) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((ip, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(*ips, preferred=None):
-    """A port that is free on all `ips` (`preferred` first, if it is)."""
-    if preferred and all(port_free(ip, preferred) for ip in ips):
-        return preferred
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind((ips[0], 0))
-            port = s.getsockname()[1]
-        if all(port_free(ip, port) for ip in ips):
-            return port
-    raise RuntimeError(f"no port free on all of {ips}")
-
-
-def can_connect(ip, port):
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(family) as s:
-        s.settimeout(2)
-        try:
-            s.connect((ip, port))
-        except ConnectionRefusedError:
-            return False
-    return True
-
-
-def wait_listening(ip, port, proc, timeout=20):
-    """Polls until ip:port accepts connections; fails early if proc exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"server exited with {proc.returncode}: {out!r} {err!r}")
-        if can_connect(ip, port):
-            return
-        time.sleep(0.02)
-    pytest.fail(f"{ip}:{port} not listening after {timeout}s")
-
-
-def http_get(ip, port, path="/"):
-    conn = http.client.HTTPConnection(ip, port, timeout=10)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode()
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def procs():
-    """Starts background processes and always kills them afterwards."""
-    started = []
-
-    def start(argv, **kw):
-        kw.setdefault("stdout", subprocess.PIPE)
-        kw.setdefault("stderr", subprocess.PIPE)
-        p = subprocess.Popen(argv, **kw)
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.communicate(timeout=10)
 
 
 # ---------------------------------------------------------------------------
@@ -420,12 +312,9 @@ try:
 except ConnectionRefusedError:
     print("127.0.0.2 untouched")
 """
-        r = subprocess.run(
+        r = run_captured(
             [sys.executable, "-c", code],
             env=shim_env(shim, ws),
-            check=False,
-            capture_output=True,
-            text=True,
             timeout=20,
         )
     assert r.returncode == 0, r.stderr
@@ -441,12 +330,9 @@ def test_log_lines(shim, cprogs):
         "s = socket.socket(); s.bind(('0.0.0.0', int(sys.argv[1])))\n"
         "socket.getaddrinfo('localhost', 80, socket.AF_INET, socket.SOCK_STREAM)\n"
     )
-    r = subprocess.run(
+    r = run_captured(
         [sys.executable, "-c", code, str(port)],
         env=env,
-        check=False,
-        capture_output=True,
-        text=True,
         timeout=20,
     )
     assert r.returncode == 0, r.stderr
@@ -454,12 +340,9 @@ def test_log_lines(shim, cprogs):
     assert f"cmux-preload: bind 0.0.0.0:{port} -> 127.18.16.17:{port}" in lines
     assert "cmux-preload: getaddrinfo localhost -> 127.18.16.17" in lines
     # Without CMUX_PRELOAD_LOG the shim is silent.
-    r = subprocess.run(
+    r = run_captured(
         [cprogs["probe"]],
         env=shim_env(shim, "workspace-4113"),
-        check=False,
-        capture_output=True,
-        text=True,
         timeout=20,
     )
     assert r.stdout.strip() == "OK 127.18.16.17"
@@ -594,26 +477,23 @@ def test_http_server_two_workspaces_same_port(shim, procs, tmp_path):
             )
         )
     for ip, server in zip(ips, servers):
-        wait_listening(ip, port, server)
+        wait_for_port(ip, port, 20, server)
     for ws, ip in zip(wss, ips):
-        assert http_get(ip, port, "/who.txt") == (200, f"served from {ws}\n")
+        assert http_get(ip, port, "/who.txt") == (200, f"served from {ws}\n".encode())
     # Nothing listens on the real 127.0.0.1.
     assert not can_connect("127.0.0.1", port)
 
     # A second server in the same workspace collides with the first one.
-    third = subprocess.run(
+    third = run_captured(
         [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
         env=shim_env(shim, wss[0]),
         cwd=tmp_path,
-        check=False,
-        capture_output=True,
-        text=True,
         timeout=30,
     )
     assert third.returncode != 0
     assert "Address already in use" in third.stderr
     # ... and the first one still serves.
-    assert http_get(ips[0], port, "/who.txt") == (200, f"served from {wss[0]}\n")
+    assert http_get(ips[0], port, "/who.txt") == (200, f"served from {wss[0]}\n".encode())
 
 
 # ---------------------------------------------------------------------------
@@ -634,20 +514,17 @@ def test_node_listen_two_workspaces_same_port(shim, procs):
         js = f"require('http').createServer((q,s)=>s.end('{tag}')).listen({port})"
         servers[ws] = procs([node, "-e", js], env=shim_env(shim, ws))
     for ws, ip in zip(wss, ips):
-        wait_listening(ip, port, servers[ws])
-    assert http_get(ips[0], port) == (200, "ws-a")
-    assert http_get(ips[1], port) == (200, "ws-b")
+        wait_for_port(ip, port, 20, servers[ws])
+    assert http_get(ips[0], port) == (200, b"ws-a")
+    assert http_get(ips[1], port) == (200, b"ws-b")
     # Neither server is on the host-wide addresses nor on a third workspace.
     for addr in ("127.0.0.1", "::1", other_ip):
         assert not can_connect(addr, port), addr
     # Stop B: its address goes dark, A does not take it over (A is not on ::).
     servers[wss[1]].kill()
     servers[wss[1]].wait(timeout=10)
-    deadline = time.monotonic() + 10
-    while can_connect(ips[1], port) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not can_connect(ips[1], port)
-    assert http_get(ips[0], port) == (200, "ws-a")
+    assert wait_until(lambda: not can_connect(ips[1], port), timeout=10)
+    assert http_get(ips[0], port) == (200, b"ws-a")
 
 
 # ---------------------------------------------------------------------------
@@ -663,12 +540,9 @@ def test_v6only_bind_is_a_clear_error(shim, cprogs):
     assert run_probe(cprogs, base_env(), "bind6only", "::") == "OK ::"
     # With logging, the reason is spelled out.
     env["CMUX_PRELOAD_LOG"] = "1"
-    r = subprocess.run(
+    r = run_captured(
         [cprogs["probe"], "bind6only", "::"],
         env=env,
-        check=False,
-        capture_output=True,
-        text=True,
         timeout=20,
     )
     assert r.stdout.strip() == f"ERR {errno.EADDRNOTAVAIL}"
@@ -695,12 +569,9 @@ try:
 except OSError as e:
     print(errno.errorcode[e.errno])
 """
-        r = subprocess.run(
+        r = run_captured(
             [sys.executable, "-c", code],
             env=shim_env(shim, "workspace-4142", CMUX_PRELOAD_LOG="1"),
-            check=False,
-            capture_output=True,
-            text=True,
             timeout=20,
         )
     assert r.stdout.strip() == "ENETUNREACH", r.stdout + r.stderr
@@ -713,9 +584,11 @@ except OSError as e:
 
 GAI_SCRIPT = r"""
 import json, socket, sys
+def name(constant):
+    return constant.name if hasattr(constant, "name") else constant
 def q(host, port, family=0, type=0, proto=0, flags=0):
     try:
-        return [[f.name if hasattr(f, "name") else f, t.name if hasattr(t, "name") else t, p, a[0], a[1]]
+        return [[name(f), name(t), p, a[0], a[1]]
                 for f, t, p, _, a in socket.getaddrinfo(host, port, family, type, proto, flags)]
     except socket.gaierror as e:
         return ["error", e.errno]
@@ -746,12 +619,9 @@ def test_getaddrinfo_matches_glibc_for_the_workspace_address(shim):
     ip = workspace_ip(ws)
 
     def run(env, host, v6host):
-        r = subprocess.run(
+        r = run_captured(
             [sys.executable, "-c", GAI_SCRIPT, host, v6host],
             env=env,
-            check=False,
-            capture_output=True,
-            text=True,
             timeout=20,
         )
         assert r.returncode == 0, r.stderr
@@ -787,6 +657,7 @@ def addrs(*a, **k):
     except socket.gaierror as e:
         return e.errno
 S = socket.SOCK_STREAM
+V4ALL = socket.AI_V4MAPPED | socket.AI_ALL
 print(json.dumps({
     "localhost": addrs("localhost", 80, type=S),
     "LOCALHOST.": addrs("LOCALHOST.", 80, type=S),
@@ -797,17 +668,14 @@ print(json.dumps({
     "other": addrs("127.0.0.2", 80, type=S),
     "numerichost": addrs("localhost", 80, type=S, flags=socket.AI_NUMERICHOST),
     "inet6": addrs("localhost", 80, socket.AF_INET6, S),
-    "v4mapped": addrs("localhost", 80, socket.AF_INET6, S, flags=socket.AI_V4MAPPED | socket.AI_ALL),
+    "v4mapped": addrs("localhost", 80, socket.AF_INET6, S, flags=V4ALL),
     "addrconfig": addrs("localhost", 80, type=S, flags=socket.AI_ADDRCONFIG),
     "unix": addrs("localhost", 80, socket.AF_UNIX),
 }))
 """
-    r = subprocess.run(
+    r = run_captured(
         [sys.executable, "-c", code],
         env=shim_env(shim, ws),
-        check=False,
-        capture_output=True,
-        text=True,
         timeout=20,
     )
     assert r.returncode == 0, r.stderr
@@ -834,20 +702,15 @@ def test_getaddrinfo_from_c_structure(shim, cprogs):
     request, errors where glibc gives them."""
     ws = "workspace-4153"
     ip = workspace_ip(ws)
-    r = subprocess.run(
+    r = run_captured(
         [cprogs["gai"], "1"],
         env=shim_env(shim, ws),
-        check=False,
-        capture_output=True,
-        text=True,
         timeout=20,
     )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert (
-        lines[0]
-        == f"query 0 rc=0 | 2/1/6 {ip} 80 len=ok canon=- | 2/2/17 {ip} 80 len=ok canon=- | 2/3/0 {ip} 80 len=ok canon=-"
-    )
+    stream, dgram, raw = (f"{kind} {ip} 80 len=ok canon=-" for kind in ("2/1/6", "2/2/17", "2/3/0"))
+    assert lines[0] == f"query 0 rc=0 | {stream} | {dgram} | {raw}"
     assert lines[1] == f"query 1 rc=0 | 2/1/6 {ip} 80 len=ok canon=-"
     assert lines[2].startswith(f"query 2 rc=0 | 10/1/6 ::ffff:{ip} 8080 len=ok canon=-")
     assert lines[3].startswith(f"query 3 rc=0 | 2/1/6 {ip} 80 len=ok")
@@ -867,7 +730,7 @@ def test_getaddrinfo_results_are_fully_freed_valgrind(shim, cprogs, tmp_path):
     assert os.path.exists(VALGRIND), "valgrind is required (apt-get install valgrind)"
     ws = "workspace-4161"
     log = tmp_path / "valgrind.log"
-    r = subprocess.run(
+    r = run_captured(
         [
             VALGRIND,
             "--leak-check=full",
@@ -879,9 +742,6 @@ def test_getaddrinfo_results_are_fully_freed_valgrind(shim, cprogs, tmp_path):
             "200",
         ],
         env=shim_env(shim, ws),
-        check=False,
-        capture_output=True,
-        text=True,
         timeout=170,
     )
     report = log.read_text()
@@ -1030,14 +890,17 @@ def test_library_path_missing_says_how_to_build(tmp_path):
     pkg.mkdir()
     for f in ("__init__.py", "workspace.py", "preload.py"):
         shutil.copy(REPO / "cmux_gevent" / f, pkg / f)
-    code = "from cmux_gevent import preload\ntry:\n    preload.library_path()\nexcept FileNotFoundError as e:\n    print(e)\n"
-    r = subprocess.run(
+    code = """
+from cmux_gevent import preload
+try:
+    preload.library_path()
+except FileNotFoundError as e:
+    print(e)
+"""
+    r = run_captured(
         [sys.executable, "-c", code],
         cwd=tmp_path,
         env=base_env(),
-        check=False,
-        capture_output=True,
-        text=True,
         timeout=20,
     )
     assert r.returncode == 0, r.stderr
@@ -1160,21 +1023,15 @@ int main(void)
 @pytest.mark.timeout(60)
 def test_limit_statically_linked_binary_escapes(shim, tmp_path):
     (tmp_path / "static.c").write_text(STATIC_C)
-    cc = subprocess.run(
+    cc = run_captured(
         ["cc", "-static", "-o", str(tmp_path / "static"), str(tmp_path / "static.c")],
-        check=False,
-        capture_output=True,
-        text=True,
         timeout=60,
     )
     if cc.returncode != 0:
         pytest.skip(f"no static libc to link against: {cc.stderr[-200:]}")
-    r = subprocess.run(
+    r = run_captured(
         [str(tmp_path / "static")],
         env=shim_env(shim, "workspace-4181"),
-        check=False,
-        capture_output=True,
-        text=True,
         timeout=20,
     )
     # ld.so never runs, so LD_PRELOAD is ignored: the real 127.0.0.1 is used.
@@ -1196,12 +1053,9 @@ print(raw.getsockname()[0], viacall.getsockname()[0])
 """
     if os.uname().machine != "x86_64":
         pytest.skip("SYS_bind number hard-coded for x86_64")
-    r = subprocess.run(
+    r = run_captured(
         [sys.executable, "-c", code],
         env=shim_env(shim, "workspace-4182"),
-        check=False,
-        capture_output=True,
-        text=True,
         timeout=20,
     )
     assert r.returncode == 0, r.stderr

@@ -3,109 +3,29 @@ subprocesses, and a dev server started with `cmux-gevent run` reached through
 the proxy daemon by X-Cmux-Workspace-Internal.
 """
 
-import http.client
 import os
 import signal
 import socket
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
+from conftest import REPO, base_env, free_port, http_get, run_captured, wait_for_port
 
 from cmux_gevent.workspace import workspace_ip
 
-REPO = Path(__file__).resolve().parents[2]
-PRELOAD_DIR = REPO / "preload"
-
-
-@pytest.fixture(scope="module")
-def shim():
-    build = subprocess.run(
-        ["make", "-C", str(PRELOAD_DIR)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert build.returncode == 0, f"make -C preload failed:\n{build.stdout}{build.stderr}"
-    return str(PRELOAD_DIR / "libworkspace_net.so")
-
 
 def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CMUX_") and k != "LD_PRELOAD"}
-    env["CMUX_WORKSPACE_ROOT"] = "/nonexistent-cmux-workspace-root"
-    # `python -m cmux_gevent` must import the package from this tree.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    env.update(extra)
-    return env
+    """base_env() from which `python -m cmux_gevent` imports the package in this tree."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return base_env(PYTHONPATH=path, **extra)
+
+
+def cmux(*args):
+    return [sys.executable, "-m", "cmux_gevent", *args]
 
 
 def cli(*args, timeout=30, **env):
-    return subprocess.run(
-        [sys.executable, "-m", "cmux_gevent", *args],
-        cwd=REPO,
-        env=clean_env(**env),
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def free_port(*ips):
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind((ips[0], 0))
-            port = s.getsockname()[1]
-        ok = True
-        for ip in ips:
-            with socket.socket() as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind((ip, port))
-                except OSError:
-                    ok = False
-        if ok:
-            return port
-    raise RuntimeError("no free port")
-
-
-def wait_listening(ip, port, proc, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"process exited with {proc.returncode}: {out!r} {err!r}")
-        try:
-            socket.create_connection((ip, port), timeout=2).close()
-            return
-        except ConnectionRefusedError:
-            time.sleep(0.02)
-    pytest.fail(f"{ip}:{port} not listening after {timeout}s")
-
-
-@pytest.fixture
-def procs():
-    started = []
-
-    def start(argv, **kw):
-        kw.setdefault("stdout", subprocess.PIPE)
-        kw.setdefault("stderr", subprocess.PIPE)
-        p = subprocess.Popen(argv, **kw)
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        if p.poll() is None:
-            p.terminate()
-            try:
-                p.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.communicate(timeout=10)
+    return run_captured(cmux(*args), cwd=REPO, env=clean_env(**env), timeout=timeout)
 
 
 @pytest.mark.timeout(30)
@@ -171,62 +91,28 @@ def test_server_started_with_run_is_reached_through_the_proxy(shim, procs, tmp_p
     site.mkdir()
     (site / "who.txt").write_text("workspace-7 says hi\n")
 
+    http_server = [sys.executable, "-m", "http.server", str(upstream_port), "--bind", "127.0.0.1"]
     server = procs(
-        [
-            sys.executable,
-            "-m",
-            "cmux_gevent",
-            "run",
-            "workspace-7",
-            "--",
-            sys.executable,
-            "-m",
-            "http.server",
-            str(upstream_port),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-            str(site),
-        ],
+        cmux("run", "workspace-7", "--", *http_server, "--directory", str(site)),
         cwd=REPO,
         env=clean_env(),
     )
-    daemon = procs(
-        [
-            sys.executable,
-            "-m",
-            "cmux_gevent",
-            "--listen",
-            f"127.0.0.1:{proxy_port}",
-            "--log-level",
-            "warning",
-        ],
-        cwd=REPO,
-        env=clean_env(),
-    )
-    wait_listening(ws_ip, upstream_port, server)
-    wait_listening("127.0.0.1", proxy_port, daemon)
+    listen = f"127.0.0.1:{proxy_port}"
+    daemon = procs(cmux("--listen", listen, "--log-level", "warning"), cwd=REPO, env=clean_env())
+    wait_for_port(ws_ip, upstream_port, 30, server)
+    wait_for_port("127.0.0.1", proxy_port, 30, daemon)
     # The dev server is not on the host-wide loopback.
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", upstream_port), timeout=5).close()
 
     def via_proxy(workspace):
-        conn = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=20)
-        try:
-            conn.request(
-                "GET",
-                "/who.txt",
-                headers={
-                    "X-Cmux-Workspace-Internal": workspace,
-                    "X-Cmux-Port-Internal": str(upstream_port),
-                },
-            )
-            resp = conn.getresponse()
-            return resp.status, resp.read().decode()
-        finally:
-            conn.close()
+        routing = {
+            "X-Cmux-Workspace-Internal": workspace,
+            "X-Cmux-Port-Internal": str(upstream_port),
+        }
+        return http_get("127.0.0.1", proxy_port, "/who.txt", routing)
 
-    assert via_proxy("workspace-7") == (200, "workspace-7 says hi\n")
+    assert via_proxy("workspace-7") == (200, b"workspace-7 says hi\n")
     status, _ = via_proxy("workspace-8")
     assert status >= 500  # nothing listens in workspace-8
 

@@ -6,17 +6,16 @@ Set CMUX_PYZ to test a prebuilt zipapp instead of building one (the build
 downloads gevent, httptools and docopt-ng wheels with pip).
 """
 
-import http.client
-import http.server
+import json
 import os
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
-from conftest import free_port, wait_for_port
+from conftest import free_port, http_get, run_captured, wait_for_port
+from integration.upstreams import Upstream, echo_http
 
 from cmux_gevent.workspace import workspace_ip
 
@@ -31,13 +30,10 @@ def pyz(tmp_path_factory):
     if prebuilt:
         return Path(prebuilt).resolve()
     out = tmp_path_factory.mktemp("dist") / "cmux-gevent.pyz"
-    build = subprocess.run(
+    build = run_captured(
         [sys.executable, "-m", "cmux_gevent.build", "--output", str(out)],
         cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=540,
-        check=False,
     )
     assert build.returncode == 0, f"build failed:\n{build.stdout[-3000:]}{build.stderr[-3000:]}"
     assert out.is_file()
@@ -67,19 +63,6 @@ def home(tmp_path):
     return path
 
 
-def port_free_on_both(ip):
-    """A port free on `ip` and on 127.0.0.1, so that 127.0.0.1 refusing it means something."""
-    for _ in range(50):
-        port = free_port(ip)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError(f"no port free on both {ip} and 127.0.0.1")
-
-
 def bare_env(home, **extra):
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
     env.update(extra)
@@ -90,35 +73,26 @@ def pyz_argv(bare_python, pyz, *args):
     return [bare_python, "-I", str(pyz), *args]
 
 
-class MarkerHandler(http.server.BaseHTTPRequestHandler):
-    """Answers every GET with the server's marker and the Host it was sent."""
+@pytest.fixture
+def zipapp(pyz, bare_python, home):
+    """zipapp(*args): what `python3 -I cmux-gevent.pyz ARGS` run in HOME printed (exit 0)."""
 
-    marker = b""
+    def run(*args) -> str:
+        argv = pyz_argv(bare_python, pyz, *args)
+        done = run_captured(argv, cwd=home, env=bare_env(home), timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
 
-    def do_GET(self):
-        body = self.marker + b" host=" + self.headers.get("Host", "").encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+    return run
 
 
 @pytest.fixture
 def upstream():
-    """A real server on a workspace's own address: (workspace, port, marker)."""
+    """A real server on a workspace's own address, named after the workspace:
+    (workspace, port). It answers with its name and what it received."""
     workspace = f"workspace-{WORKSPACE_BASE}"
-    ip = workspace_ip(workspace)
-    handler = type("Handler", (MarkerHandler,), {"marker": b"upstream-" + workspace.encode()})
-    server = http.server.ThreadingHTTPServer((ip, free_port(ip)), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield workspace, server.server_address[1], handler.marker
-    server.shutdown()
-    server.server_close()
-    thread.join(10)
+    with Upstream(echo_http, host=workspace_ip(workspace), name=workspace) as server:
+        yield workspace, server.port
 
 
 @pytest.fixture
@@ -132,10 +106,7 @@ def pyz_proxy(pyz, bare_python, home):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    try:
-        wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
-    except RuntimeError:
-        pytest.fail(f"zipapp daemon died: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+    wait_for_port("127.0.0.1", port, timeout=60, proc=proc)  # if it dies: its stderr
     yield port
     proc.terminate()
     proc.wait(20)
@@ -143,65 +114,41 @@ def pyz_proxy(pyz, bare_python, home):
 
 
 def get(port, headers):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/", headers=headers)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
+    return http_get("127.0.0.1", port, "/", headers)
 
 
 @pytest.mark.timeout(600)
 def test_pyz_on_bare_python_routes_by_headers_and_host(pyz_proxy, upstream):
-    workspace, port, marker = upstream
-    status, body = get(
-        pyz_proxy,
+    workspace, port = upstream
+    for headers in (
         {"X-Cmux-Port-Internal": str(port), "X-Cmux-Workspace-Internal": workspace},
-    )
-    assert (status, body.split(b" ")[0]) == (200, marker)
-    status, body = get(pyz_proxy, {"Host": f"{workspace}-{port}.localhost"})
-    assert (status, body.split(b" ")[0]) == (200, marker)
+        {"Host": f"{workspace}-{port}.localhost"},
+    ):
+        status, body = get(pyz_proxy, headers)
+        assert status == 200, body
+        assert json.loads(body)["server"] == workspace
     status, _ = get(pyz_proxy, {})
     assert status == 400
 
 
 @pytest.mark.timeout(600)
-def test_pyz_version_without_anything_installed(pyz, bare_python, home):
+def test_pyz_version_without_anything_installed(zipapp):
     from cmux_gevent import __version__
 
-    out = subprocess.run(
-        pyz_argv(bare_python, pyz, "--version"),
-        cwd=home,
-        env=bare_env(home),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert out.stdout.strip() == f"cmux-gevent {__version__}"
+    assert zipapp("--version").strip() == f"cmux-gevent {__version__}"
 
 
 @pytest.mark.timeout(600)
-def test_pyz_preload_path_is_an_extracted_shim_that_isolates(pyz, bare_python, home, pyz_proxy):
+def test_pyz_preload_path_is_an_extracted_shim_that_isolates(zipapp, bare_python, home, pyz_proxy):
     """A dev server preloaded with the zipapp's shim binds its workspace's address
     when it asks for 127.0.0.1, and the zipapp daemon routes to it."""
-    out = subprocess.run(
-        pyz_argv(bare_python, pyz, "preload-path"),
-        cwd=home,
-        env=bare_env(home),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    shim = Path(out.stdout.strip())
+    shim = Path(zipapp("preload-path").strip())
     assert shim.is_file() and shim.name == "libworkspace_net.so"
     assert home / ".shiv" in shim.parents, f"{shim} is not under {home}/.shiv"
 
     workspace = f"workspace-{WORKSPACE_BASE + 1}"
     ip = workspace_ip(workspace)
-    port = port_free_on_both(ip)
+    port = free_port(ip, "127.0.0.1")  # 127.0.0.1 refusing it means something
     site = home / "site"
     site.mkdir()
     (site / "index.html").write_text(f"dev-server-{workspace}")

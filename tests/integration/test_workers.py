@@ -1,37 +1,19 @@
 """--workers N: SO_REUSEPORT workers under a supervising parent, through real processes."""
 
 import signal
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psutil
 import pytest
 import requests
 from conftest import wait_until
-
-
-class _Hello(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        body = b"hello"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+from integration.upstreams import Upstream, http_server, response
 
 
 @pytest.fixture
 def upstream():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    """An HTTP server answering every request with "hello"; yields its port."""
+    with Upstream(http_server(lambda req, wire, up: wire.send(response(body=b"hello")))) as up:
+        yield up.port
 
 
 def _workers(pid):
