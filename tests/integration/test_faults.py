@@ -4,6 +4,7 @@ After each fault the proxy must hold no leftover upstream connection, greenlet o
 fd (counted with psutil in the proxy process), and keep serving.
 """
 
+import contextlib
 import signal
 import socket
 import sys
@@ -280,30 +281,34 @@ def test_sigterm_drains_in_flight_closes_idle_and_exits_0(start_proxy):
         busy.close()
 
 
-@pytest.mark.timeout(30)
-def test_drain_is_bounded_by_drain_timeout(start_proxy):
-    proxy = start_proxy("--drain-timeout", "1")
+@contextlib.contextmanager
+def _sigterm_while_held(start_proxy, drain_timeout: str):
+    """A proxy with `--drain-timeout`, a client whose request an upstream holds
+    unanswered, and SIGTERM just sent: (proxy, client, when it was sent)."""
+    proxy = start_proxy("--drain-timeout", drain_timeout)
     with RecordingUpstream(answer=False) as hung:
         client = _held_client(proxy, hung)
         signalled = time.monotonic()
         proxy.proc.send_signal(signal.SIGTERM)
-        assert proxy.proc.wait(5) == 0
-        took = time.monotonic() - signalled
-        assert 0.9 < took < 3.0, took
-        assert wait_closed(client, 1)
+        yield proxy, client, signalled
         client.close()
 
 
 @pytest.mark.timeout(30)
+def test_drain_is_bounded_by_drain_timeout(start_proxy):
+    with _sigterm_while_held(start_proxy, "1") as (proxy, client, signalled):
+        assert proxy.proc.wait(5) == 0
+        took = time.monotonic() - signalled
+        assert 0.9 < took < 3.0, took
+        assert wait_closed(client, 1)
+
+
+@pytest.mark.timeout(30)
 def test_second_signal_exits_at_once(start_proxy):
-    proxy = start_proxy("--drain-timeout", "60")
-    with RecordingUpstream(answer=False) as hung:
-        client = _held_client(proxy, hung)
-        proxy.proc.send_signal(signal.SIGTERM)
+    with _sigterm_while_held(start_proxy, "60") as (proxy, _, _):
         assert _stops_accepting(proxy)
         assert proxy.proc.poll() is None  # draining: would wait up to 60 s
         signalled = time.monotonic()
         proxy.proc.send_signal(signal.SIGTERM)
         proxy.proc.wait(5)
         assert time.monotonic() - signalled < 1.0
-        client.close()

@@ -39,20 +39,14 @@ def test_get_is_case_insensitive_first_value_get_all_keeps_order():
     assert head.get_all(b"x-a") == [b"1", b"2"]
 
 
-HOP = [
-    (b"Connection", b"keep-alive, X-Named, Upgrade"),
-    (b"Keep-Alive", b"timeout=5"),
-    (b"TE", b"trailers"),
-    (b"Trailer", b"X-T"),
-    (b"Transfer-Encoding", b"chunked"),
-    (b"Proxy-Connection", b"keep-alive"),
-    (b"Proxy-Authenticate", b"Basic"),
-    (b"Proxy-Authorization", b"Basic eA=="),
-    (b"Upgrade", b"websocket"),
-    (b"x-named", b"dropped because Connection names it"),
-    (b"X-Cmux-Port-Internal", b"3000"),
-    (b"x-cmux-workspace-internal", b"workspace-1"),
-]
+HOP = request(
+    b"GET / HTTP/1.1\r\n"
+    b"Connection: keep-alive, X-Named, Upgrade\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n"
+    b"Trailer: X-T\r\nTransfer-Encoding: chunked\r\nProxy-Connection: keep-alive\r\n"
+    b"Proxy-Authenticate: Basic\r\nProxy-Authorization: Basic eA==\r\nUpgrade: websocket\r\n"
+    b"x-named: dropped because Connection names it\r\n"
+    b"X-Cmux-Port-Internal: 3000\r\nx-cmux-workspace-internal: workspace-1\r\n\r\n"
+).headers
 END_TO_END = [(b"Set-Cookie", b"a=1"), (b"host", b"h"), (b"Set-Cookie", b"b=2"), (b"X-Keep", b"k")]
 
 
