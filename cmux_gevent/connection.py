@@ -4,7 +4,6 @@ Blocking-style code over gevent sockets. Protocol decisions are made by the pure
 modules (parser, head, route); this module only reads, calls them and writes.
 """
 
-import logging
 import time
 
 import gevent
@@ -27,7 +26,6 @@ from .pool import connect
 from .relay import Tunnel
 from .route import origin_form, route
 
-log = logging.getLogger("cmux_gevent.access")
 CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 SWITCHING = (b"Connection", b"Upgrade")
 WATCH_CLIENT_AFTER = 0.5  # seconds an upstream may think before we watch the client
@@ -389,7 +387,8 @@ class ClientConnection:
             pass
 
     def _access_log(self, exchange) -> None:
-        if not log.isEnabledFor(logging.INFO):
+        access = self.proxy.access
+        if access is None:
             return
         head, target = exchange.head, exchange.target
         fields = [
@@ -404,7 +403,7 @@ class ClientConnection:
         ]
         if exchange.error:
             fields.append(f'error="{exchange.error}"')
-        log.info(" ".join(fields))
+        access.write(" ".join(fields))
 
 
 class _RetryFresh(UpstreamError):

@@ -14,6 +14,7 @@ from gevent import socket
 from gevent.event import Event
 from gevent.server import StreamServer
 
+from .accesslog import AccessLog
 from .config import Address, Config
 from .connection import ClientConnection
 from .pool import UpstreamPool
@@ -36,6 +37,7 @@ class Proxy:
     def __init__(self, config: Config):
         self.config = config
         self.pool = UpstreamPool(config.connect_timeout)
+        self.access = AccessLog() if log.isEnabledFor(logging.INFO) else None
         self.connections = set()
         self.draining = False
         self.idle_now = Event()  # set whenever no connection is open
@@ -190,4 +192,6 @@ class ProxyServer:
                 conn.close_now()
             proxy.idle_now.wait(1.0)
         proxy.pool.close()
+        if proxy.access is not None:
+            proxy.access.flush()
         self._stopped.set()
