@@ -313,3 +313,19 @@ def test_installed_console_script_serves(daemon):
         assert described(wire.read_response())["target"] == "/via-script"
         d.proc.send_signal(signal.SIGTERM)
         assert d.wait(10) == 0
+
+
+@pytest.mark.timeout(20)
+def test_access_lines_still_buffered_are_written_on_sigterm(daemon):
+    with Upstream(echo_http) as up:
+        port = free_port()
+        d = daemon("--listen", f"127.0.0.1:{port}")
+        wait_for_port("127.0.0.1", port, proc=d.proc)
+        wire = Wire.connect(port)
+        for path in ("/1", "/2", "/3"):
+            wire.send(routed("GET", path, up.port))
+            assert wire.read_response().status == 200
+        d.proc.send_signal(signal.SIGTERM)  # at once: the batch has not been flushed yet
+        assert d.wait(10) == 0
+    logged = [line for line in d.log().splitlines() if " client=" in line]
+    assert [re.search(r"path=(\S+)", line).group(1) for line in logged] == ["/1", "/2", "/3"]
