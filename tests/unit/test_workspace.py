@@ -1,7 +1,7 @@
 """workspace_ip: the workspace name -> loopback address mapping.
 
 The C shim (preload/workspace_net.c) implements the same function; the
-integration test tests/integration/test_preload.py compares the two on real
+integration test tests/integration/test_preload_resolver.py compares the two on real
 sockets for 1,000+ names. Here the Python side is pinned to literal values.
 """
 
