@@ -15,6 +15,20 @@ FLUSH_SECONDS = 0.1
 BATCH_BYTES = 64 * 1024
 
 
+class Exchange:
+    """What the access log says about one request."""
+
+    __slots__ = ("head", "target", "status", "sent", "started", "error")
+
+    def __init__(self, head):
+        self.head = head
+        self.target = None
+        self.status = 0
+        self.sent = 0
+        self.started = time.monotonic()
+        self.error = None
+
+
 class AccessLog:
     """Buffered writer of access-log lines to a text stream (stderr by default)."""
 
@@ -41,6 +55,23 @@ class AccessLog:
         elif self._timer is None:
             self._timer = get_hub().loop.timer(FLUSH_SECONDS)
             self._timer.start(self.flush)
+
+    def record(self, peer: str, exchange: "Exchange") -> None:
+        """The greppable line for one exchange: client, method, path, port, upstream, ..."""
+        head, target = exchange.head, exchange.target
+        fields = [
+            f"client={peer}",
+            f"method={head.method.decode('latin-1') if head else '-'}",
+            f"path={head.target.decode('latin-1') if head else '-'}",
+            f"port={target.port if target else '-'}",
+            f"upstream={target.host if target else '-'}",
+            f"status={exchange.status}",
+            f"bytes={exchange.sent}",
+            f"ms={(time.monotonic() - exchange.started) * 1000:.0f}",
+        ]
+        if exchange.error:
+            fields.append(f'error="{exchange.error}"')
+        self.write(" ".join(fields))
 
     def flush(self) -> None:
         """Write every queued line now."""

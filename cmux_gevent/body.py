@@ -6,9 +6,10 @@ goes away surfaces as ConnectionGone, and a body cut short is never completed:
 the caller closes the other side instead of writing a final chunk.
 """
 
+import gevent
 from gevent import socket
 
-from .errors import ConnectionGone
+from .errors import ConnectionGone, ProxyError
 from .parser import BODY, END
 from .relay import READ_SIZE, SPLICE_AFTER, can_splice, copy_exact
 
@@ -162,3 +163,36 @@ def _splice_rest(src, dst, left) -> int:
         return copy_exact(src, dst, left)
     except OSError as exc:
         raise ConnectionGone(str(exc)) from None
+
+
+class Uploader:
+    """The request-body copy greenlet, paired with the handler that relays the response."""
+
+    __slots__ = ("reader", "upstream", "chunked", "timeout", "greenlet", "ok", "error")
+
+    def __init__(self, reader, upstream, chunked, timeout):
+        self.reader, self.upstream, self.chunked, self.timeout = reader, upstream, chunked, timeout
+        self.greenlet = None
+        self.ok = False
+        self.error = None  # a malformed body (bad chunk): the client gets this, not a 502
+
+    def start(self):
+        self.greenlet = gevent.spawn(self._run)
+
+    def _run(self):
+        try:
+            copy_events(self.reader, self.upstream, self.chunked, self.timeout)
+            self.ok = True
+        except (ConnectionGone, ProxyError, OSError) as exc:
+            if isinstance(exc, ProxyError):
+                self.error = exc
+            try:  # wake the handler: the exchange cannot complete
+                self.upstream.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def finished(self) -> bool:
+        """Whether the whole body went upstream; a still-running copy is stopped."""
+        if not self.greenlet.dead:
+            self.greenlet.kill(block=True)
+        return self.ok

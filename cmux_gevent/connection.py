@@ -10,9 +10,11 @@ import gevent
 from gevent import socket
 
 from . import head as h
+from .accesslog import Exchange
 from .body import (
     ConnectionGone,
     MessageReader,
+    Uploader,
     copy_events,
     copy_raw,
     send,
@@ -29,20 +31,6 @@ from .route import origin_form, route
 CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 SWITCHING = (b"Connection", b"Upgrade")
 WATCH_CLIENT_AFTER = 0.5  # seconds an upstream may think before we watch the client
-
-
-class Exchange:
-    """What the access log says about one request."""
-
-    __slots__ = ("head", "target", "status", "sent", "started", "error")
-
-    def __init__(self, head):
-        self.head = head
-        self.target = None
-        self.status = 0
-        self.sent = 0
-        self.started = time.monotonic()
-        self.error = None
 
 
 class ClientConnection:
@@ -164,7 +152,7 @@ class ClientConnection:
         out = h.serialize_request(head, headers, framing)
         upstream, reused = self.proxy.pool.acquire(target.host, target.port)
         if framing != h.NONE:
-            uploader = _Uploader(
+            uploader = Uploader(
                 self.reader, upstream, framing == h.CHUNKED, self.config.keepalive_timeout
             )
             return self._exchange(exchange, target, upstream, out, uploader)
@@ -387,23 +375,8 @@ class ClientConnection:
             pass
 
     def _access_log(self, exchange) -> None:
-        access = self.proxy.access
-        if access is None:
-            return
-        head, target = exchange.head, exchange.target
-        fields = [
-            f"client={self.peer}",
-            f"method={head.method.decode('latin-1') if head else '-'}",
-            f"path={head.target.decode('latin-1') if head else '-'}",
-            f"port={target.port if target else '-'}",
-            f"upstream={target.host if target else '-'}",
-            f"status={exchange.status}",
-            f"bytes={exchange.sent}",
-            f"ms={(time.monotonic() - exchange.started) * 1000:.0f}",
-        ]
-        if exchange.error:
-            fields.append(f'error="{exchange.error}"')
-        access.write(" ".join(fields))
+        if self.proxy.access is not None:
+            self.proxy.access.record(self.peer, exchange)
 
 
 class _RetryFresh(UpstreamError):
@@ -411,39 +384,6 @@ class _RetryFresh(UpstreamError):
 
     def __init__(self, target, cause):
         super().__init__(f"upstream request error: {_name(target)} closed the connection: {cause}")
-
-
-class _Uploader:
-    """The request-body copy greenlet, paired with the handler that relays the response."""
-
-    __slots__ = ("reader", "upstream", "chunked", "timeout", "greenlet", "ok", "error")
-
-    def __init__(self, reader, upstream, chunked, timeout):
-        self.reader, self.upstream, self.chunked, self.timeout = reader, upstream, chunked, timeout
-        self.greenlet = None
-        self.ok = False
-        self.error = None  # a malformed body (bad chunk): the client gets this, not a 502
-
-    def start(self):
-        self.greenlet = gevent.spawn(self._run)
-
-    def _run(self):
-        try:
-            copy_events(self.reader, self.upstream, self.chunked, self.timeout)
-            self.ok = True
-        except (ConnectionGone, ProxyError, OSError) as exc:
-            if isinstance(exc, ProxyError):
-                self.error = exc
-            try:  # wake the handler: the exchange cannot complete
-                self.upstream.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def finished(self) -> bool:
-        """Whether the whole body went upstream; a still-running copy is stopped."""
-        if not self.greenlet.dead:
-            self.greenlet.kill(block=True)
-        return self.ok
 
 
 def send_upstream(upstream, data: bytes, target) -> None:
