@@ -25,6 +25,8 @@ READ_SIZE = 64 * 1024  # small reads until a transfer proves large
 SPLICE_AFTER = 256 * 1024  # bytes a transfer moves before it switches to splice
 SPLICE_CHUNK = 1 << 20
 PIPE_SIZE = 1 << 20
+_SCRATCH = bytearray(READ_SIZE)  # see _Direction._readable
+_SCRATCH_VIEW = memoryview(_SCRATCH)
 _splice = getattr(os, "splice", None)
 _SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if _splice else 0
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -166,20 +168,26 @@ class _Direction:
         self.greenlet = gevent.spawn(self._burst)
 
     def _readable(self) -> None:
-        """Watcher callback (runs in the hub): copy one read if it goes through whole."""
+        """Watcher callback (runs in the hub): copy one read if it goes through whole.
+
+        The read lands in a scratch buffer shared by all tunnels: nothing else runs
+        between this recv and send, and only a remainder the destination refused is
+        copied out (into `pending`, for the copy greenlet).
+        """
         if self.moved >= SPLICE_AFTER and can_splice:
             self._spawn()
             return
         try:
-            data = self.src.recv(READ_SIZE)
-            if not data:
+            got = self.src.recv_into(_SCRATCH)
+            if not got:
                 self.watcher.stop()
                 self._eof()
                 return
-            self.moved += len(data)
-            self.tunnel.last_active = time.monotonic()
+            self.moved += got
+            if self.tunnel.idle_timeout:
+                self.tunnel.last_active = time.monotonic()
             try:
-                sent = self.dst.send(data)
+                sent = self.dst.send(_SCRATCH_VIEW[:got])
             except BlockingIOError:
                 sent = 0
         except BlockingIOError:
@@ -187,8 +195,8 @@ class _Direction:
         except OSError:
             self.tunnel.close()
             return
-        if sent < len(data):
-            self.pending = data[sent:]
+        if sent < got:
+            self.pending = bytes(_SCRATCH_VIEW[sent:got])
             self._spawn()
 
     def _burst(self) -> None:
