@@ -16,6 +16,10 @@ from .relay import READ_SIZE, SPLICE_AFTER, can_splice, copy_exact
 CHUNKED_END = b"0\r\n\r\n"
 
 
+_SCRATCH = bytearray(READ_SIZE)  # every read of a head lands here first
+_SCRATCH_VIEW = memoryview(_SCRATCH)
+
+
 class MessageReader:
     """A socket and the parser its bytes go to; `next_event` reads only when needed."""
 
@@ -30,11 +34,16 @@ class MessageReader:
         """Read once (waiting at most `timeout` s) and feed the parser; ConnectionGone on EOF."""
         sock = self.sock
         sock.settimeout(timeout)
-        data = receive(sock, READ_SIZE)
-        if not data:
+        try:  # into a scratch buffer: the parser copies what it keeps, nothing yields meanwhile
+            got = sock.recv_into(_SCRATCH)
+        except socket.timeout:
+            raise
+        except OSError as exc:
+            raise ConnectionGone(str(exc)) from None
+        if not got:
             raise ConnectionGone("peer closed the connection")
-        self.received += len(data)
-        self.parser.feed(data)
+        self.received += got
+        self.parser.feed(_SCRATCH_VIEW[:got])
 
     def next_event(self, timeout):
         events = self.parser.events

@@ -63,7 +63,7 @@ class _EventParser:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self.upgraded_rest = data[upgrade.args[0] :]
+            self.upgraded_rest = bytes(data[upgrade.args[0] :])  # data may be a reused buffer
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, ProxyError):
