@@ -84,6 +84,20 @@ def refused(port, host="127.0.0.1") -> bool:
     return False
 
 
+@pytest.fixture
+def serving(daemon):
+    """serving(*args) -> (daemon, Wire): a daemon on a free port and a client connected to it."""
+
+    def start(*args, **kwargs):
+        port = free_port()
+        d = daemon("--listen", f"127.0.0.1:{port}", *args, **kwargs)
+        wait_for_port("127.0.0.1", port, proc=d.proc)
+        d.port = port
+        return d, Wire.connect(port)
+
+    return start
+
+
 def poll(predicate, timeout=10.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -188,10 +202,7 @@ def test_upstream_host_env_and_flag_wins(daemon):
     a = Upstream(echo_http, host="127.0.0.5", name="env")
     with a, Upstream(echo_http, host="127.0.0.6", port=a.port, name="flag"):
         for args, expected in [((), "env"), (("--upstream-host", "127.0.0.6"), "flag")]:
-            port = free_port()
-            d = daemon("--listen", f"127.0.0.1:{port}", *args, env=env)
-            wait_for_port("127.0.0.1", port, proc=d.proc)
-            wire = Wire.connect(port)
+            d, wire = serving(*args, env=env)
             wire.send(routed("GET", "/", a.port))
             assert described(wire.read_response())["server"] == expected
 
@@ -205,14 +216,11 @@ def test_sigterm_drains_in_flight_request_and_exits_0(daemon):
         wire.send(response(200, [], b"finished after drain began"))
 
     with Upstream(http_server(slow)) as up:
-        port = free_port()
-        d = daemon("--listen", f"127.0.0.1:{port}")
-        wait_for_port("127.0.0.1", port, proc=d.proc)
-        wire = Wire.connect(port)
+        d, wire = serving()
         wire.send(routed("GET", "/slow", up.port))
         poll(lambda: up.requests, what="request reached the upstream")
         d.proc.send_signal(signal.SIGTERM)
-        poll(lambda: refused(port), what="listener closed on SIGTERM")
+        poll(lambda: refused(d.port), what="listener closed on SIGTERM")
         assert d.proc.poll() is None  # still draining the slow request
         release.set()
         msg = wire.read_response()
@@ -224,10 +232,7 @@ def test_sigterm_drains_in_flight_request_and_exits_0(daemon):
 @pytest.mark.timeout(30)
 def test_idle_keepalive_connection_does_not_hold_up_exit(daemon):
     with Upstream(echo_http) as up:
-        port = free_port()
-        d = daemon("--listen", f"127.0.0.1:{port}", "--keepalive-timeout", "60")
-        wait_for_port("127.0.0.1", port, proc=d.proc)
-        wire = Wire.connect(port)
+        d, wire = serving("--keepalive-timeout", "60")
         wire.send(routed("GET", "/", up.port))
         assert wire.read_response().status == 200  # now idle, kept alive
         started = time.monotonic()
@@ -241,15 +246,12 @@ def test_idle_keepalive_connection_does_not_hold_up_exit(daemon):
 @pytest.mark.timeout(20)
 def test_one_access_log_line_per_request(daemon):
     with Upstream(echo_http) as up:
-        port = free_port()
-        d = daemon("--listen", f"127.0.0.1:{port}")
-        wait_for_port("127.0.0.1", port, proc=d.proc)
-        wire = Wire.connect(port)
+        d, wire = serving()
         wire.send(routed("GET", "/a?b=1", up.port))
         size = len(wire.read_response().body)
         wire.send(routed("POST", "/p", up.port, [("Content-Length", "2")], b"hi"))
         wire.read_response()
-        bad = Wire.connect(port)
+        bad = Wire.connect(d.port)
         bad.send(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
         assert bad.read_response().status == 400
 
@@ -305,10 +307,7 @@ def test_installed_console_script_serves(daemon):
     script = console_script()
     assert run("--version", cmd=[script]).stdout.strip() == f"cmux-gevent {__version__}"
     with Upstream(echo_http) as up:
-        port = free_port()
-        d = daemon("--listen", f"127.0.0.1:{port}", cmd=[script])
-        wait_for_port("127.0.0.1", port, proc=d.proc)
-        wire = Wire.connect(port)
+        d, wire = serving(cmd=[script])
         wire.send(routed("GET", "/via-script", up.port))
         assert described(wire.read_response())["target"] == "/via-script"
         d.proc.send_signal(signal.SIGTERM)
@@ -318,10 +317,7 @@ def test_installed_console_script_serves(daemon):
 @pytest.mark.timeout(20)
 def test_access_lines_still_buffered_are_written_on_sigterm(daemon):
     with Upstream(echo_http) as up:
-        port = free_port()
-        d = daemon("--listen", f"127.0.0.1:{port}")
-        wait_for_port("127.0.0.1", port, proc=d.proc)
-        wire = Wire.connect(port)
+        d, wire = serving()
         for path in ("/1", "/2", "/3"):
             wire.send(routed("GET", path, up.port))
             assert wire.read_response().status == 200
