@@ -197,7 +197,7 @@ def test_cmux_listen_env_and_flag_wins(daemon):
 
 
 @pytest.mark.timeout(20)
-def test_upstream_host_env_and_flag_wins(daemon):
+def test_upstream_host_env_and_flag_wins(serving):
     env = {"CMUX_UPSTREAM_HOST": "127.0.0.5"}
     a = Upstream(echo_http, host="127.0.0.5", name="env")
     with a, Upstream(echo_http, host="127.0.0.6", port=a.port, name="flag"):
@@ -208,7 +208,7 @@ def test_upstream_host_env_and_flag_wins(daemon):
 
 
 @pytest.mark.timeout(30)
-def test_sigterm_drains_in_flight_request_and_exits_0(daemon):
+def test_sigterm_drains_in_flight_request_and_exits_0(serving):
     release = threading.Event()
 
     def slow(req, wire, upstream):
@@ -230,7 +230,7 @@ def test_sigterm_drains_in_flight_request_and_exits_0(daemon):
 
 
 @pytest.mark.timeout(30)
-def test_idle_keepalive_connection_does_not_hold_up_exit(daemon):
+def test_idle_keepalive_connection_does_not_hold_up_exit(serving):
     with Upstream(echo_http) as up:
         d, wire = serving("--keepalive-timeout", "60")
         wire.send(routed("GET", "/", up.port))
@@ -244,7 +244,7 @@ def test_idle_keepalive_connection_does_not_hold_up_exit(daemon):
 
 
 @pytest.mark.timeout(20)
-def test_one_access_log_line_per_request(daemon):
+def test_one_access_log_line_per_request(serving):
     with Upstream(echo_http) as up:
         d, wire = serving()
         wire.send(routed("GET", "/a?b=1", up.port))
@@ -303,7 +303,7 @@ def console_script():
 
 @pytest.mark.timeout(20)
 @pytest.mark.skipif(console_script() is None, reason="cmux-gevent is not installed (pip install .)")
-def test_installed_console_script_serves(daemon):
+def test_installed_console_script_serves(serving):
     script = console_script()
     assert run("--version", cmd=[script]).stdout.strip() == f"cmux-gevent {__version__}"
     with Upstream(echo_http) as up:
@@ -315,7 +315,7 @@ def test_installed_console_script_serves(daemon):
 
 
 @pytest.mark.timeout(20)
-def test_access_lines_still_buffered_are_written_on_sigterm(daemon):
+def test_access_lines_still_buffered_are_written_on_sigterm(serving):
     with Upstream(echo_http) as up:
         d, wire = serving()
         for path in ("/1", "/2", "/3"):
