@@ -6,6 +6,7 @@ connection of this process shares (settings, upstream pool, live connections).
 
 import errno
 import logging
+import os
 import signal
 import sys
 
@@ -170,9 +171,7 @@ class ProxyServer:
         if self._stopping:
             log.warning("second %s: exiting now", signal.Signals(signum).name)
             sys.stderr.flush()
-            import os
-
-            os._exit(1)
+            os._exit(1)  # no drain, no cleanup: that is what a second signal asks for
         log.info("%s: draining", signal.Signals(signum).name)
         gevent.spawn(self.shutdown)
 
