@@ -41,7 +41,6 @@ class _EventParser:
         self.events: Deque[Event] = deque()
         self.limits = limits
         self.upgraded_rest: Optional[bytes] = None
-        self.messages_begun = 0
         self._parser = self.parser_class(self)
         self._awaiting_head = True  # bytes fed now count against max_head_bytes
         self._head_bytes = 0
@@ -83,7 +82,6 @@ class _EventParser:
     # -- httptools callbacks ---------------------------------------------------
 
     def on_message_begin(self):
-        self.messages_begun += 1
         self._headers = []
         self._fields_bytes = 0
         self._start_text = b""  # the request target, or the response's reason phrase

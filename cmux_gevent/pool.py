@@ -125,6 +125,3 @@ class UpstreamPool:
             for sock, _ in idle:
                 sock.close()
         self._idle.clear()
-
-    def idle_count(self) -> int:
-        return sum(len(v) for v in self._idle.values())
