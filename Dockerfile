@@ -28,6 +28,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY tests/ tests/
 COPY e2e/ e2e/
+COPY bench/ bench/
 COPY tox.ini Dockerfile .dockerignore ./
 RUN pip install --no-cache-dir '.[test]' shiv
 RUN python -m pytest -q -p no:cacheprovider

@@ -278,3 +278,16 @@ def test_docker_sh_skips_with_exit_0_when_no_engine_answers(tmp_path, docker):
     assert "skipping" in out.stdout
     if docker.endswith("/docker"):
         assert "Cannot connect to the Docker daemon" in out.stdout
+
+
+def test_test_stage_has_every_repo_path_the_suite_reads():
+    """The suite reads `REPO / "<name>"`; the test stage (on top of builder) must hold each."""
+    read = set()
+    for path in (REPO / "tests").rglob("*.py"):
+        read.update(re.findall(r'REPO / "([\w.-]+)"', path.read_text()))
+    present = set()
+    for stage in ("builder", "test"):
+        for _options, sources, _dest in copies(stage):
+            present.update(Path(source).parts[0] for source in sources)
+    assert read, "the scan found no REPO paths: the pattern no longer matches the suite"
+    assert read <= present, f"missing from the Docker test stage: {sorted(read - present)}"
