@@ -1,0 +1,53 @@
+"""The upstream keep-alive pool: reuse, a dead pooled connection retried, idle expiry."""
+
+import time
+
+import pytest
+from conftest import wait_until
+from integration.upstreams import Upstream, Wire, answers, echo_http, response, routed
+
+from cmux_gevent.pool import POOL_IDLE_SECONDS
+
+
+@pytest.mark.timeout(30)
+def test_pooled_connection_the_upstream_closed_is_retried_on_a_fresh_one(proxy):
+    # Each upstream connection answers one keep-alive response and then closes, the
+    # way a dev server with a short keep-alive does: the proxy pools it, and the next
+    # request finds it dead before any response byte.
+    with Upstream(answers(response(200, body=b"fresh"))) as up:
+        wire = Wire.connect(proxy.port)
+        for _ in range(3):
+            wire.send(routed("GET", "/", up.port))
+            reply = wire.read_response()
+            assert (reply.status, reply.body) == (200, b"fresh")
+        assert up.accepted == 3, "each request needed a fresh upstream connection"
+
+
+@pytest.mark.timeout(30)
+def test_keepalive_requests_share_one_upstream_connection(proxy):
+    with Upstream(echo_http) as up:
+        wire = Wire.connect(proxy.port)
+        for _ in range(20):
+            wire.send(routed("GET", "/", up.port))
+            assert wire.read_response().status == 200
+        assert up.accepted == 1
+
+
+@pytest.mark.timeout(30)
+def test_idle_pooled_connection_is_closed_before_node_s_five_seconds(proxy):
+    closed = []
+
+    def serve_then_watch(wire, upstream):
+        wire.read_request()
+        wire.send(response(200, body=b"ok"))
+        wire.sock.settimeout(10)
+        answered = time.monotonic()
+        assert wire.sock.recv(1) == b""  # the proxy closes its idle pooled connection
+        closed.append(time.monotonic() - answered)
+
+    with Upstream(serve_then_watch) as up:
+        wire = Wire.connect(proxy.port)
+        wire.send(routed("GET", "/", up.port))
+        assert wire.read_response().status == 200
+        assert wait_until(lambda: closed, timeout=8), "the pooled connection was never closed"
+    assert POOL_IDLE_SECONDS - 0.2 <= closed[0] < 5.0, closed
