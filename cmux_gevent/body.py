@@ -62,6 +62,17 @@ def receive(sock, size: int) -> bytes:
         raise ConnectionGone(str(exc)) from None
 
 
+def peek(sock):
+    """A non-blocking look at `sock`: None if nothing is waiting, b"" if the peer closed
+    (or reset) it, else the first waiting byte, left unread."""
+    try:
+        return sock._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 def send_all(sock, data) -> None:
     """Write all of `data`: one send() in the usual case.
 

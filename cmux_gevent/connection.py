@@ -17,6 +17,7 @@ from .body import (
     Uploader,
     copy_events,
     copy_raw,
+    peek,
     send,
     send_all,
     send_pieces,
@@ -355,7 +356,7 @@ class ClientConnection:
 
     def _client_readable(self, upstream) -> None:
         self._watch.stop()
-        if not _peer_closed(self.sock):
+        if peek(self.sock) != b"":
             return  # pipelined bytes: they wait for their turn
         try:
             upstream.shutdown(socket.SHUT_RDWR)
@@ -391,15 +392,6 @@ def send_upstream(upstream, data: bytes, target) -> None:
         send_all(upstream, data)
     except OSError as exc:
         raise _RetryFresh(target, exc) from None
-
-
-def _peer_closed(sock) -> bool:
-    try:
-        return sock._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
 
 
 def _name(target) -> str:

@@ -6,12 +6,12 @@ unprompted is discarded here rather than discovered by a request.
 """
 
 import errno
-import socket as _stdsocket
 import time
 
 import gevent
 from gevent import socket
 
+from .body import peek
 from .errors import UpstreamError
 
 POOL_IDLE_SECONDS = 4.0  # Node dev servers drop idle sockets at 5 s
@@ -22,17 +22,6 @@ PEEK_AFTER = 1.0
 #: cmux-proxy keeps 8; under load (many tabs, a benchmark's 64 connections) 8 makes
 #: the pool churn connect/close on every burst, so we keep more. Idle sockets are cheap.
 POOL_MAX_IDLE_PER_HOST = 32
-
-
-def _quiet(sock) -> bool:
-    """True if `sock` is still open and has nothing unread (a non-blocking peek)."""
-    try:
-        sock._sock.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    return False  # EOF (b"") or bytes nobody asked for: either way, unusable
 
 
 def _open(host: str, port: int, timeout: float):
@@ -87,7 +76,7 @@ class UpstreamPool:
         while idle:
             sock, since = idle.pop()
             idle_for = now - since
-            if idle_for < PEEK_AFTER or (idle_for < POOL_IDLE_SECONDS and _quiet(sock)):
+            if idle_for < PEEK_AFTER or (idle_for < POOL_IDLE_SECONDS and peek(sock) is None):
                 return sock, True
             sock.close()
         return connect(host, port, self.connect_timeout), False
