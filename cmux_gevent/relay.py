@@ -216,7 +216,8 @@ class _Direction:
                     self._eof()
                     return
                 self.moved += got
-                self.tunnel.last_active = time.monotonic()
+                if self.tunnel.idle_timeout:
+                    self.tunnel.last_active = time.monotonic()
         except OSError:
             self.greenlet = None
             self.tunnel.close()
