@@ -9,6 +9,7 @@ the caller closes the other side instead of writing a final chunk.
 import gevent
 from gevent import socket
 
+from . import deadlines
 from .errors import ConnectionGone, ProxyError
 from .parser import BODY, END
 from .relay import READ_SIZE, SPLICE_AFTER, can_splice, copy_exact
@@ -30,12 +31,13 @@ class MessageReader:
         self.parser = parser
         self.received = 0
 
-    def read_more(self, timeout) -> None:
-        """Read once (waiting at most `timeout` s) and feed the parser; ConnectionGone on EOF."""
-        sock = self.sock
-        sock.settimeout(timeout)
+    def read_more(self, timeout, wait_first: bool = False) -> None:
+        """Read once (waiting at most `timeout` s) and feed the parser; ConnectionGone on EOF.
+
+        `wait_first`: the peer is known to owe us an answer (see deadlines.recv_into).
+        """
         try:  # into a scratch buffer: the parser copies what it keeps, nothing yields meanwhile
-            got = sock.recv_into(_SCRATCH)
+            got = deadlines.recv_into(self.sock, _SCRATCH, timeout, wait_first)
         except socket.timeout:
             raise
         except OSError as exc:
@@ -45,17 +47,18 @@ class MessageReader:
         self.received += got
         self.parser.feed(_SCRATCH_VIEW[:got])
 
-    def next_event(self, timeout):
+    def next_event(self, timeout, wait_first: bool = False):
         events = self.parser.events
         while not events:
-            self.read_more(timeout)
+            self.read_more(timeout, wait_first)
+            wait_first = False
         return events.popleft()
 
 
-def receive(sock, size: int) -> bytes:
+def receive(sock, size: int, timeout) -> bytes:
     """recv that reports a vanished peer as ConnectionGone; timeouts still raise socket.timeout."""
     try:
-        return sock.recv(size)
+        return deadlines.recv(sock, size, timeout)
     except socket.timeout:
         raise
     except OSError as exc:
@@ -160,13 +163,12 @@ def copy_raw(src, dst, remaining, chunked: bool, timeout) -> int:
     if `src` ends before `remaining` bytes arrived.
     """
     copied = 0
-    src.settimeout(timeout)
     while remaining is None or copied < remaining:
         left = None if remaining is None else remaining - copied
         if not chunked and can_splice and (copied >= SPLICE_AFTER or (left or 0) >= SPLICE_AFTER):
             copied += _splice_rest(src, dst, left)
             break
-        data = receive(src, READ_SIZE if left is None else min(READ_SIZE, left))
+        data = receive(src, READ_SIZE if left is None else min(READ_SIZE, left), timeout)
         if not data:
             break
         copied += len(data)

@@ -23,6 +23,7 @@ from .body import (
     send_pieces,
     take_queued_body,
 )
+from .deadlines import SEND_SECONDS
 from .errors import ClientError, ProxyError, UpstreamError, render_error
 from .parser import END, RequestParser, ResponseParser
 from .pool import connect
@@ -54,6 +55,7 @@ class ClientConnection:
         """Serve requests until the client or the protocol ends the connection."""
         sock = self.sock
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(SEND_SECONDS)  # reads have their own deadlines
         try:
             while self._serve_one():
                 pass
@@ -119,9 +121,10 @@ class ClientConnection:
         fresh = self.reader.received == 0
         started = time.monotonic()
         try:
-            self.reader.read_more(
-                self.config.head_timeout if fresh else self.config.keepalive_timeout
-            )
+            if fresh:
+                self.reader.read_more(self.config.head_timeout)
+            else:  # we just answered: the client's next request cannot be here yet
+                self.reader.read_more(self.config.keepalive_timeout, wait_first=True)
         except (socket.timeout, ConnectionGone):
             return None
         self.idle = False
@@ -247,7 +250,8 @@ class ClientConnection:
             watching = self._watch is not None and self._watch.active
             try:
                 return reader.next_event(
-                    remaining if watching else min(remaining, WATCH_CLIENT_AFTER)
+                    remaining if watching else min(remaining, WATCH_CLIENT_AFTER),
+                    wait_first=reader.received == 0,  # the request just left
                 )
             except socket.timeout:
                 self._watch_client(reader.sock)

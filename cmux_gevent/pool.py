@@ -12,6 +12,7 @@ import gevent
 from gevent import socket
 
 from .body import peek
+from .deadlines import SEND_SECONDS
 from .errors import UpstreamError
 
 POOL_IDLE_SECONDS = 4.0  # Node dev servers drop idle sockets at 5 s
@@ -21,7 +22,7 @@ POOL_IDLE_SECONDS = 4.0  # Node dev servers drop idle sockets at 5 s
 PEEK_AFTER = 1.0
 #: cmux-proxy keeps 8; under load (many tabs, a benchmark's 64 connections) 8 makes
 #: the pool churn connect/close on every burst, so we keep more. Idle sockets are cheap.
-POOL_MAX_IDLE_PER_HOST = 32
+POOL_MAX_IDLE_PER_HOST = 128
 
 
 def _open(host: str, port: int, timeout: float):
@@ -58,6 +59,7 @@ def connect(host: str, port: int, timeout: float):
             + (f" ({reason})" if reason else "")
         ) from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(SEND_SECONDS)  # reads have their own deadlines
     return sock
 
 
