@@ -15,8 +15,7 @@ Sends rarely block; they keep gevent's own timeout, SEND_SECONDS on every socket
 import time
 from typing import Dict, Optional
 
-from gevent import get_hub, getcurrent
-from gevent import socket
+from gevent import get_hub, getcurrent, socket
 
 SWEEP_SECONDS = 0.25
 SEND_SECONDS = 60.0  # like nginx's send_timeout: a peer that takes no bytes this long is gone
