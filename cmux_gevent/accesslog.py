@@ -30,7 +30,11 @@ class Exchange:
 
 
 class AccessLog:
-    """Buffered writer of access-log lines to a text stream (stderr by default)."""
+    """Buffered writer of access-log lines to a stream (stderr by default).
+
+    Lines are bytes formatted by one template: the request's method and path are
+    bytes already, and llhttp let no control characters into them.
+    """
 
     def __init__(self, stream=None):
         self.stream = stream if stream is not None else sys.stderr
@@ -38,16 +42,16 @@ class AccessLog:
         self._size = 0
         self._timer = None
         self._second = -1
-        self._stamp = ""
+        self._stamp = b""
 
-    def write(self, message: str) -> None:
+    def write(self, message: bytes) -> None:
         """Queue `message` as one INFO line, timestamped now."""
         now = time.time()
         second = int(now)
         if second != self._second:  # strftime once per second, not per request
             self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        line = f"{self._stamp},{int((now - second) * 1000):03d} INFO {message}\n"
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)).encode()
+        line = b"%s,%03d INFO %s\n" % (self._stamp, (now - second) * 1000, message)
         self._lines.append(line)
         self._size += len(line)
         if self._size >= BATCH_BYTES:
@@ -59,19 +63,19 @@ class AccessLog:
     def record(self, peer: str, exchange: "Exchange") -> None:
         """The greppable line for one exchange: client, method, path, port, upstream, ..."""
         head, target = exchange.head, exchange.target
-        fields = [
-            f"client={peer}",
-            f"method={head.method.decode('latin-1') if head else '-'}",
-            f"path={head.target.decode('latin-1') if head else '-'}",
-            f"port={target.port if target else '-'}",
-            f"upstream={target.host if target else '-'}",
-            f"status={exchange.status}",
-            f"bytes={exchange.sent}",
-            f"ms={(time.monotonic() - exchange.started) * 1000:.0f}",
-        ]
+        line = _LINE % (
+            peer.encode(),
+            head.method if head else b"-",
+            head.target if head else b"-",
+            str(target.port).encode() if target else b"-",
+            target.host.encode() if target else b"-",
+            exchange.status,
+            exchange.sent,
+            (time.monotonic() - exchange.started) * 1000,
+        )
         if exchange.error:
-            fields.append(f'error="{exchange.error}"')
-        self.write(" ".join(fields))
+            line += b' error="%s"' % exchange.error.encode("utf-8", "replace")
+        self.write(line)
 
     def flush(self) -> None:
         """Write every queued line now."""
@@ -80,11 +84,15 @@ class AccessLog:
             self._timer = None
         if not self._lines:
             return
-        text = "".join(self._lines)
+        data = b"".join(self._lines)
         self._lines = []
         self._size = 0
         try:
-            self.stream.write(text)
+            self.stream.flush()  # text written by `logging` goes first
+            getattr(self.stream, "buffer", self.stream).write(data)
             self.stream.flush()
         except (OSError, ValueError):
             pass  # stderr gone (closed pipe): the proxy keeps serving
+
+
+_LINE = b"client=%s method=%s path=%s port=%s upstream=%s status=%d bytes=%d ms=%.0f"

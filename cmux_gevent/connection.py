@@ -25,7 +25,7 @@ from .body import (
 )
 from .deadlines import SEND_SECONDS
 from .errors import ClientError, ProxyError, UpstreamError, render_error
-from .parser import END, RequestParser, ResponseParser
+from .parser import END, RequestParser
 from .pool import connect
 from .relay import Tunnel
 from .route import origin_form, route
@@ -150,14 +150,14 @@ class ClientConnection:
     def _forward(self, exchange: Exchange, target) -> bool:
         head = exchange.head
         framing, _ = h.request_framing(head)
-        headers = h.end_to_end(head.headers)
+        headers = h.end_to_end(head)
         if head.get(b"host") is None:
             headers.append((b"Host", f"{target.host}:{target.port}".encode()))
         out = h.serialize_request(head, headers, framing)
         upstream, reused = self.proxy.pool.acquire(target.host, target.port)
         if framing != h.NONE:
             uploader = Uploader(
-                self.reader, upstream, framing == h.CHUNKED, self.config.keepalive_timeout
+                self.reader, upstream.sock, framing == h.CHUNKED, self.config.keepalive_timeout
             )
             return self._exchange(exchange, target, upstream, out, uploader)
         try:
@@ -166,14 +166,17 @@ class ClientConnection:
             if not reused:
                 raise
         # A pooled connection the upstream had closed: nothing was acted on, send again.
-        upstream = connect(target.host, target.port, self.config.connect_timeout)
+        upstream = self.proxy.pool.open(target.host, target.port)
         return self._exchange(exchange, target, upstream, out, None)
 
     def _exchange(self, exchange, target, upstream, out, uploader) -> bool:
-        """Send the request, relay the response; True if the client connection stays open."""
+        """Send the request, relay the response; True if the client connection stays open.
+
+        `upstream` is the upstream connection's MessageReader (socket and response parser).
+        """
         reusable = False
         try:
-            send_upstream(upstream, out, target)
+            send_upstream(upstream.sock, out, target)
             if uploader is not None:
                 uploader.start()
             try:
@@ -190,12 +193,11 @@ class ClientConnection:
             if reusable:
                 self.proxy.pool.release(target.host, target.port, upstream)
             else:
-                upstream.close()
+                upstream.sock.close()
 
-    def _relay_response(self, exchange, target, upstream):
+    def _relay_response(self, exchange, target, reader):
         """Relay the upstream's response; returns (upstream reusable, client keep-alive)."""
         head = exchange.head
-        reader = MessageReader(upstream, ResponseParser(self.config.limits, _name(target)))
         response = self._final_head(reader, target)
         framing, length = h.response_framing(head.method, response)
         client_11 = head.version == "1.1"
@@ -213,7 +215,7 @@ class ClientConnection:
             extra.append((b"Connection", b"keep-alive"))
         exchange.status = response.status
         self.responding = True
-        out = h.serialize_response(response, h.end_to_end(response.headers), extra)
+        out = h.serialize_response(response, h.end_to_end(response), extra)
         exchange.sent = self._relay_body(reader, framing, length, chunked_out, out)
         reusable = response.keep_alive and framing != h.CLOSE and not reader.parser.events
         return reusable, keep
@@ -233,7 +235,7 @@ class ClientConnection:
             if response.status >= 200 or response.status == 101:
                 return response
             self._upstream_event(reader, target, deadline)  # the END of the interim response
-            send(self.sock, h.serialize_response(response, h.end_to_end(response.headers), []))
+            send(self.sock, h.serialize_response(response, h.end_to_end(response), []))
 
     def _upstream_event(self, reader, target, deadline):
         """The upstream's next event by `deadline` (504 after it).
@@ -277,12 +279,11 @@ class ClientConnection:
 
     def _upgrade(self, exchange, target) -> bool:
         head = exchange.head
-        headers = h.end_to_end(head.headers, keep=frozenset({b"upgrade"}))
+        headers = h.end_to_end(head, keep=frozenset({b"upgrade"}))
         out = h.serialize_request(head, headers, h.NONE, connection=b"Upgrade")
-        upstream = connect(target.host, target.port, self.config.connect_timeout)
+        reader = self.proxy.pool.open(target.host, target.port)  # never pooled: it upgrades
         try:
-            send_upstream(upstream, out, target)
-            reader = MessageReader(upstream, ResponseParser(self.config.limits, _name(target)))
+            send_upstream(reader.sock, out, target)
             response = self._final_head(reader, target)
             if response.status != 101:
                 return self._refused_upgrade(exchange, reader, response)
@@ -291,12 +292,12 @@ class ClientConnection:
             keep = frozenset({b"upgrade"})
             send(
                 self.sock,
-                h.serialize_response(response, h.end_to_end(response.headers, keep), [SWITCHING]),
+                h.serialize_response(response, h.end_to_end(response, keep), [SWITCHING]),
             )
-            self._tunnel(exchange, upstream, reader.parser.upgraded_rest or b"")
+            self._tunnel(exchange, reader.sock, reader.parser.upgraded_rest or b"")
             return False
         finally:
-            upstream.close()
+            reader.sock.close()
 
     def _refused_upgrade(self, exchange, reader, response) -> bool:
         """The upstream answered the upgrade with a normal response: relay it, then close."""
@@ -306,7 +307,7 @@ class ClientConnection:
         extra = [(b"Connection", b"close")]
         if framing in (h.CHUNKED, h.CLOSE):
             extra.append((b"Transfer-Encoding", b"chunked"))
-        out = h.serialize_response(response, h.end_to_end(response.headers), extra)
+        out = h.serialize_response(response, h.end_to_end(response), extra)
         exchange.sent = self._relay_body(
             reader, framing, length, framing in (h.CHUNKED, h.CLOSE), out
         )

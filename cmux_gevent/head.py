@@ -168,16 +168,20 @@ def response_framing(method: bytes, head: "ResponseHead") -> Tuple[str, int]:
 _ALWAYS_DROPPED = HOP_BY_HOP | ROUTING_HEADERS
 
 
-def end_to_end(headers: Iterable[Header], keep: FrozenSet[bytes] = frozenset()) -> List[Header]:
-    """`headers` without hop-by-hop fields, the fields Connection names, and routing fields.
+def end_to_end(head: _Head, keep: FrozenSet[bytes] = frozenset()) -> List[Header]:
+    """The head's headers without hop-by-hop fields, the fields Connection names, and routing
+    fields.
 
     Names in `keep` (lowercase) survive even if hop-by-hop (Upgrade, for upgrades).
     """
-    named = [t for n, v in headers if n.lower() == b"connection" for t in tokens(v)]
-    dropped = _ALWAYS_DROPPED.union(named) if named else _ALWAYS_DROPPED
+    names = head.names
+    dropped = _ALWAYS_DROPPED
+    if b"connection" in names:
+        named = [t for value in head.get_all(b"connection") for t in tokens(value)]
+        dropped = dropped.union(named)
     if keep:
         dropped = dropped - keep
-    return [pair for pair in headers if pair[0].lower() not in dropped]
+    return [pair for pair, name in zip(head.headers, names) if name not in dropped]
 
 
 def _header_lines(headers: Iterable[Header]) -> bytes:

@@ -73,6 +73,11 @@ class _EventParser:
         if self._awaiting_head and self._head_bytes > self.limits.max_head_bytes:
             raise self.oversized("request header fields too large")
 
+    @property
+    def between_messages(self) -> bool:
+        """Whether every message fed so far ended: the next byte starts a new one."""
+        return self._awaiting_head and not self.events
+
     def malformed(self, why: str) -> ProxyError:
         raise NotImplementedError
 

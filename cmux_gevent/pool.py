@@ -2,7 +2,9 @@
 
 A pooled connection is only handed out if it is younger than POOL_IDLE_SECONDS
 and has nothing to read: an upstream that closed it (EOF) or wrote to it
-unprompted is discarded here rather than discovered by a request.
+unprompted is discarded here rather than discovered by a request. Each keeps
+its response parser (a MessageReader), so a request on a reused connection
+creates no parser.
 """
 
 import errno
@@ -11,9 +13,10 @@ import time
 import gevent
 from gevent import socket
 
-from .body import peek
+from .body import MessageReader, peek
 from .deadlines import SEND_SECONDS
 from .errors import UpstreamError
+from .parser import Limits, ResponseParser
 
 POOL_IDLE_SECONDS = 4.0  # Node dev servers drop idle sockets at 5 s
 #: A connection released this recently is handed out without a liveness peek: servers
@@ -66,30 +69,41 @@ def connect(host: str, port: int, timeout: float):
 class UpstreamPool:
     """Idle upstream connections, newest first, with expiry and a liveness check."""
 
-    def __init__(self, connect_timeout: float):
+    def __init__(self, connect_timeout: float, limits: Limits):
         self.connect_timeout = connect_timeout
+        self.limits = limits
         self._idle = {}
         self._sweeper = None
 
+    def open(self, host: str, port: int) -> MessageReader:
+        """A new connection to host:port with its response parser (UpstreamError if none)."""
+        sock = connect(host, port, self.connect_timeout)
+        return MessageReader(sock, ResponseParser(self.limits, f"{host}:{port}"))
+
     def acquire(self, host: str, port: int):
-        """(socket, reused): a live pooled connection if there is one, else a new one."""
+        """(upstream, reused): a live pooled connection if there is one, else a new one."""
         idle = self._idle.get((host, port))
         now = time.monotonic()
         while idle:
-            sock, since = idle.pop()
+            upstream, since = idle.pop()
             idle_for = now - since
-            if idle_for < PEEK_AFTER or (idle_for < POOL_IDLE_SECONDS and peek(sock) is None):
-                return sock, True
-            sock.close()
-        return connect(host, port, self.connect_timeout), False
+            if idle_for < PEEK_AFTER or (
+                idle_for < POOL_IDLE_SECONDS and peek(upstream.sock) is None
+            ):
+                return upstream, True
+            upstream.sock.close()
+        return self.open(host, port), False
 
-    def release(self, host: str, port: int, sock) -> None:
-        """Keep `sock` for the next request to host:port (it must be between messages)."""
+    def release(self, host: str, port: int, upstream: MessageReader) -> None:
+        """Keep `upstream` for the next request to host:port (it must be between messages)."""
         idle = self._idle.setdefault((host, port), [])
         if len(idle) >= POOL_MAX_IDLE_PER_HOST:
-            sock.close()
+            upstream.sock.close()
             return
-        idle.append((sock, time.monotonic()))
+        upstream.received = 0
+        if not upstream.parser.between_messages:  # a HEAD response: llhttp awaits its body
+            upstream.parser = ResponseParser(self.limits, f"{host}:{port}")
+        idle.append((upstream, time.monotonic()))
         if self._sweeper is None:
             self._sweeper = gevent.spawn_later(POOL_IDLE_SECONDS, self._sweep)
 
@@ -99,11 +113,11 @@ class UpstreamPool:
         deadline = time.monotonic() - POOL_IDLE_SECONDS
         for key, idle in list(self._idle.items()):
             keep = []
-            for sock, since in idle:
+            for upstream, since in idle:
                 if since > deadline:
-                    keep.append((sock, since))
+                    keep.append((upstream, since))
                 else:
-                    sock.close()
+                    upstream.sock.close()
             if keep:
                 self._idle[key] = keep
             else:
@@ -113,6 +127,6 @@ class UpstreamPool:
 
     def close(self) -> None:
         for idle in self._idle.values():
-            for sock, _ in idle:
-                sock.close()
+            for upstream, _ in idle:
+                upstream.sock.close()
         self._idle.clear()

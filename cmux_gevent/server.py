@@ -37,7 +37,7 @@ class Proxy:
 
     def __init__(self, config: Config):
         self.config = config
-        self.pool = UpstreamPool(config.connect_timeout)
+        self.pool = UpstreamPool(config.connect_timeout, config.limits)
         self.access = AccessLog() if log.isEnabledFor(logging.INFO) else None
         self.connections = set()
         self.draining = False

@@ -50,13 +50,17 @@ HOP = request(
 END_TO_END = [(b"Set-Cookie", b"a=1"), (b"host", b"h"), (b"Set-Cookie", b"b=2"), (b"X-Keep", b"k")]
 
 
+def _head(headers):
+    return h.RequestHead(b"GET", b"/", "1.1", headers, True, False)
+
+
 def test_end_to_end_drops_hop_by_hop_named_and_routing_keeps_the_rest_in_order():
     mixed = [END_TO_END[0], *HOP[:6], END_TO_END[1], *HOP[6:], *END_TO_END[2:]]
-    assert h.end_to_end(mixed) == END_TO_END
+    assert h.end_to_end(_head(mixed)) == END_TO_END
 
 
 def test_end_to_end_keep_lets_upgrade_through():
-    kept = h.end_to_end(HOP + END_TO_END, keep=frozenset({b"upgrade"}))
+    kept = h.end_to_end(_head(HOP + END_TO_END), keep=frozenset({b"upgrade"}))
     assert kept == [(b"Upgrade", b"websocket"), *END_TO_END]
 
 
@@ -65,7 +69,7 @@ def test_end_to_end_every_connection_header_counts():
         b"GET / HTTP/1.1\r\nConnection: X-A\r\nconnection: x-b\r\n"
         b"X-A: 1\r\nX-B: 2\r\nX-C: 3\r\n\r\n"
     )
-    assert h.end_to_end(head.headers) == [(b"X-C", b"3")]
+    assert h.end_to_end(head) == [(b"X-C", b"3")]
 
 
 @pytest.mark.parametrize(
@@ -166,10 +170,10 @@ def test_refused_heads_say_why(read, raw, expected):
 
 def test_serialize_request_is_http11_with_our_framing():
     head = request(b"GET /a?b HTTP/1.0\r\nHost: h\r\nConnection: close\r\n\r\n")
-    out = h.serialize_request(head, h.end_to_end(head.headers), h.NONE)
+    out = h.serialize_request(head, h.end_to_end(head), h.NONE)
     assert out == b"GET /a?b HTTP/1.1\r\nHost: h\r\n\r\n"
     head = request(b"POST /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX: 1\r\n\r\n")
-    out = h.serialize_request(head, h.end_to_end(head.headers), h.CHUNKED)
+    out = h.serialize_request(head, h.end_to_end(head), h.CHUNKED)
     assert out == b"POST /u HTTP/1.1\r\nX: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
     out = h.serialize_request(head, [(b"X", b"1")], h.NONE, connection=b"Upgrade")
     assert out == b"POST /u HTTP/1.1\r\nX: 1\r\nConnection: Upgrade\r\n\r\n"
