@@ -40,7 +40,7 @@ class ClientConnection:
 
     def __init__(self, sock, address, proxy):
         self.sock = sock
-        self.peer = address[0] if isinstance(address, tuple) else str(address)
+        self.peer = (address[0] if isinstance(address, tuple) else str(address)).encode()
         self.proxy = proxy
         self.config = proxy.config
         self.reader = MessageReader(sock, RequestParser(proxy.config.limits))

@@ -65,13 +65,12 @@ def recv_into(sock, buffer, timeout: Optional[float], wait_first: bool = False) 
     """
     raw = sock._sock
     if wait_first:
-        _wait_readable(sock, timeout)
+        wait_readable(sock, timeout)
     while True:
         try:
             return raw.recv_into(buffer)
         except BlockingIOError:
-            pass
-        _wait_readable(sock, timeout)
+            wait_readable(sock, timeout)
 
 
 def recv(sock, size: int, timeout: Optional[float]) -> bytes:
@@ -81,14 +80,14 @@ def recv(sock, size: int, timeout: Optional[float]) -> bytes:
         try:
             return raw.recv(size)
         except BlockingIOError:
-            pass
-        _wait_readable(sock, timeout)
+            wait_readable(sock, timeout)
 
 
-def _wait_readable(sock, timeout: Optional[float]) -> None:
+def wait_readable(sock, timeout: Optional[float]) -> None:
+    """Block until `sock` has bytes or EOF, at most about `timeout` s (None: no limit)."""
     if timeout is None:
         get_hub().wait(sock._read_event)
-    elif timeout <= 0:
-        raise socket.timeout("timed out")
-    else:
+    elif timeout > 0:
         _sweeper.wait(sock._read_event, timeout)
+    else:
+        raise socket.timeout("timed out")

@@ -12,6 +12,7 @@ from .head import PORT_HEADER, WORKSPACE_HEADER, RequestHead
 from .workspace import InvalidWorkspace, workspace_ip
 
 LOCALHOST_SUFFIX = ".localhost"
+LOCALHOST_BYTES = LOCALHOST_SUFFIX.encode()
 POLICY_HEADERS = ((b"X-Cmux-Error", b"blocked-by-policy"),)
 
 
@@ -46,7 +47,7 @@ def parse_port(text: str) -> Optional[int]:
 
 def host_route(host: Optional[bytes]) -> Tuple[Optional[str], Optional[int]]:
     """(workspace, port) from `Host: <workspace>-<port>.localhost[:p]`, else (None, None)."""
-    if not host:
+    if not host or LOCALHOST_BYTES not in host.lower():  # the usual case, in one C call
         return None, None
     try:
         name = host.decode("ascii").strip()
