@@ -80,9 +80,13 @@ def send_all(sock, data) -> None:
     """Write all of `data`: one send() in the usual case.
 
     gevent's sendall asks the kernel for SO_SNDBUF on every call; a head and a
-    small body almost always fit the socket buffer, so try a plain send first.
+    small body almost always fit the socket buffer, so the first try is a plain
+    send on the underlying non-blocking socket, and gevent waits only if needed.
     """
-    sent = sock.send(data)
+    try:
+        sent = sock._sock.send(data)
+    except BlockingIOError:
+        sent = 0
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])
 
@@ -148,7 +152,10 @@ def send_pieces(sock, pieces: list) -> None:
             send(sock, pieces[0])
         return
     try:
-        sent = sock.sendmsg(pieces)
+        try:
+            sent = sock._sock.sendmsg(pieces)  # as in send_all: gevent waits only if needed
+        except BlockingIOError:
+            sent = 0
         if sent < sum(map(len, pieces)):
             sock.sendall(memoryview(b"".join(pieces))[sent:])
     except OSError as exc:

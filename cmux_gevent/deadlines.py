@@ -28,15 +28,20 @@ class _Sweeper:
         self.due: Dict[object, float] = {}
         self._timer = None
 
-    def wait(self, watcher, timeout: float) -> None:
-        """Block on `watcher` for at most about `timeout` seconds."""
+    def wait_readable(self, sock, timeout: Optional[float]) -> None:
+        """Block until `sock` has bytes or EOF, at most about `timeout` s (None: no limit)."""
+        if timeout is None:
+            get_hub().wait(sock._read_event)
+            return
+        if timeout <= 0:
+            raise socket.timeout("timed out")
         current = getcurrent()
         self.due[current] = time.monotonic() + timeout
         if self._timer is None:
             self._timer = get_hub().loop.timer(SWEEP_SECONDS, SWEEP_SECONDS, ref=False)
             self._timer.start(self._sweep)
         try:
-            get_hub().wait(watcher)
+            get_hub().wait(sock._read_event)
         finally:
             self.due.pop(current, None)
 
@@ -54,6 +59,7 @@ class _Sweeper:
 
 
 _sweeper = _Sweeper()
+wait_readable = _sweeper.wait_readable
 
 
 def recv_into(sock, buffer, timeout: Optional[float], wait_first: bool = False) -> int:
@@ -81,13 +87,3 @@ def recv(sock, size: int, timeout: Optional[float]) -> bytes:
             return raw.recv(size)
         except BlockingIOError:
             wait_readable(sock, timeout)
-
-
-def wait_readable(sock, timeout: Optional[float]) -> None:
-    """Block until `sock` has bytes or EOF, at most about `timeout` s (None: no limit)."""
-    if timeout is None:
-        get_hub().wait(sock._read_event)
-    elif timeout > 0:
-        _sweeper.wait(sock._read_event, timeout)
-    else:
-        raise socket.timeout("timed out")
