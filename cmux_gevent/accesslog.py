@@ -62,7 +62,7 @@ class AccessLog:
             target.host.encode() if target else b"-",
             exchange.status,
             exchange.sent,
-            (time.monotonic() - exchange.started) * 1000,
+            round((time.monotonic() - exchange.started) * 1000),
         )
         if exchange.error:
             line = b'%s error="%s"\n' % (line[:-1], exchange.error.encode("utf-8", "replace"))
@@ -90,4 +90,4 @@ class AccessLog:
             pass  # stderr gone (closed pipe): the proxy keeps serving
 
 
-_LINE = b"%s,%03d INFO client=%s method=%s path=%s port=%s upstream=%s status=%d bytes=%d ms=%.0f\n"
+_LINE = b"%s,%03d INFO client=%s method=%s path=%s port=%s upstream=%s status=%d bytes=%d ms=%d\n"
