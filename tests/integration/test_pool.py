@@ -4,7 +4,15 @@ import time
 
 import pytest
 from conftest import wait_until
-from integration.upstreams import Upstream, Wire, answers, echo_http, response, routed
+from integration.upstreams import (
+    Upstream,
+    Wire,
+    answers,
+    echo_http,
+    http_server,
+    response,
+    routed,
+)
 
 from cmux_gevent.pool import POOL_IDLE_SECONDS
 
@@ -51,3 +59,35 @@ def test_idle_pooled_connection_is_closed_before_node_s_five_seconds(proxy):
         assert wire.read_response().status == 200
         assert wait_until(lambda: closed, timeout=8), "the pooled connection was never closed"
     assert POOL_IDLE_SECONDS - 0.2 <= closed[0] < 5.0, closed
+
+
+def _by_path(req, wire, upstream):
+    """HEAD gets a length and no body; /big a body too large for one read; others their path."""
+    method, path = req.start[0], req.start[1]
+    if method == "HEAD":
+        wire.send(response(200, [("Content-Length", "1234")]))
+    elif path == "/big":
+        wire.send(response(200, body=b"b" * (3 << 20)))
+    else:
+        wire.send(response(200, body=path.encode()))
+
+
+@pytest.mark.timeout(30)
+def test_a_pooled_connection_is_reused_after_responses_its_parser_did_not_see_end(proxy):
+    # A HEAD answer announces a body that never comes, and a large body is copied
+    # past the parser: either leaves the connection's response parser mid-message.
+    # The pool must hand the connection out again with a parser that starts afresh.
+    sequence = [("GET", "/one"), ("HEAD", "/h"), ("GET", "/two"), ("GET", "/big"), ("GET", "/3")]
+    with Upstream(http_server(_by_path)) as up:
+        wire = Wire.connect(proxy.port)
+        for method, path in sequence:
+            wire.send(routed(method, path, up.port))
+            reply = wire.read_response(method)
+            assert reply.status == 200
+            if method == "HEAD":
+                assert reply.get("content-length") == "1234"
+            elif path == "/big":
+                assert reply.body == b"b" * (3 << 20)
+            else:
+                assert reply.body == path.encode()
+        assert up.accepted == 1, "every request reused the one pooled upstream connection"
