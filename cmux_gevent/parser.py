@@ -46,7 +46,7 @@ class _EventParser:
         self._head_bytes = 0
         self._feeding = 0  # the size of the read being parsed
         self._headers: List[Header] = []
-        self._fields_bytes = 0  # target/reason + header lines: the head's size, however chunked
+        self._start_text = b""  # the request target, or the response's reason phrase
 
     # -- feeding -------------------------------------------------------------
 
@@ -88,12 +88,7 @@ class _EventParser:
 
     def on_message_begin(self):
         self._headers = []
-        self._fields_bytes = 0
-        self._start_text = b""  # the request target, or the response's reason phrase
-
-    def _add_to_start_line(self, piece: bytes) -> None:
-        self._start_text += piece
-        self._fields_bytes += len(piece)
+        self._start_text = b""
 
     def on_header(self, name: bytes, value: bytes):
         # The hottest callback: only append. Counting happens once per head below,
@@ -109,21 +104,12 @@ class _EventParser:
         # bound its size; only a bound over the limit (a large read) makes us measure
         # the head exactly, so the limit holds for any chunking ("name: value\r\n").
         if self._head_bytes + self._feeding > self.limits.max_head_bytes:
-            size = self._fields_bytes + sum(len(n) + len(v) + 4 for n, v in headers)
+            size = len(self._start_text) + sum(len(n) + len(v) + 4 for n, v in headers)
             if size > self.limits.max_head_bytes:
                 raise self.oversized("request header fields too large")
         self._awaiting_head = False
         self._head_bytes = 0
-        p = self._parser
-        head = self.head_class(
-            *self.start_line(),
-            p.get_http_version(),
-            headers,
-            p.should_keep_alive(),
-            p.should_upgrade(),
-        )
-        self.check(head)
-        self.events.append(head)
+        self.events.append(self.head(headers))
 
     def on_body(self, body: bytes):
         self.events.append((BODY, body))
@@ -132,27 +118,31 @@ class _EventParser:
         self._awaiting_head = True
         self.events.append(END)
 
-    def start_line(self) -> tuple:
-        """The first two fields of the head: (method, target) or (status, reason)."""
+    def head(self, headers: List[Header]):
+        """The head just parsed, with `headers`; a ProxyError if it must not be passed on."""
         raise NotImplementedError
-
-    def check(self, head) -> None:
-        """Refuse a head llhttp accepted but we must not pass on (nothing by default)."""
 
 
 class RequestParser(_EventParser):
     """A client connection's parser: one for the connection's whole life."""
 
     parser_class = httptools.HttpRequestParser
-    head_class = RequestHead
 
     def on_url(self, url: bytes):
-        self._add_to_start_line(url)
+        self._start_text += url
         if len(self._start_text) > self.limits.max_request_line:
             raise ClientError(414, "request line too long")
 
-    def start_line(self):
-        return self._parser.get_method(), self._start_text
+    def head(self, headers):  # check_request runs in the connection, after the queue
+        p = self._parser
+        return RequestHead(
+            p.get_method(),
+            self._start_text,
+            p.get_http_version(),
+            headers,
+            p.should_keep_alive(),
+            p.should_upgrade(),
+        )
 
     def malformed(self, why):
         return ClientError(400, f"bad request: {why}")
@@ -165,22 +155,28 @@ class ResponseParser(_EventParser):
     """Parses one upstream response (and any 1xx interim responses before it)."""
 
     parser_class = httptools.HttpResponseParser
-    head_class = ResponseHead
 
     def __init__(self, limits: Limits, upstream: str):
         super().__init__(limits)
         self.upstream = upstream
 
     def on_status(self, reason: bytes):
-        self._add_to_start_line(reason)
+        self._start_text += reason
 
-    def start_line(self):
-        return self._parser.get_status_code(), self._start_text
-
-    def check(self, head):
+    def head(self, headers):
+        p = self._parser
+        head = ResponseHead(
+            p.get_status_code(),
+            self._start_text,
+            p.get_http_version(),
+            headers,
+            p.should_keep_alive(),
+            p.should_upgrade(),
+        )
         problem = response_problem(head)
         if problem:
             raise self.malformed(problem)
+        return head
 
     def malformed(self, why):
         return UpstreamError(
