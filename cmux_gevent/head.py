@@ -43,7 +43,7 @@ def tokens(value: Optional[bytes]) -> List[bytes]:
     """Comma-separated tokens of a header value, lowercased ("keep-alive, Upgrade")."""
     if not value:
         return []
-    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+    return [t for t in map(bytes.strip, value.lower().split(b",")) if t]
 
 
 class _Head:
@@ -178,7 +178,8 @@ def end_to_end(head: _Head, keep: FrozenSet[bytes] = frozenset()) -> List[Header
     dropped = _ALWAYS_DROPPED
     if b"connection" in names:
         named = [t for value in head.get_all(b"connection") for t in tokens(value)]
-        dropped = dropped.union(named)
+        if not dropped.issuperset(named):  # usually just keep-alive, close or upgrade
+            dropped = dropped.union(named)
     if keep:
         dropped = dropped - keep
     return [pair for pair, name in zip(head.headers, names) if name not in dropped]
