@@ -119,7 +119,7 @@ class ClientConnection:
         if self.proxy.draining:
             return None
         fresh = self.reader.received == 0
-        started = time.monotonic()
+        started = time.monotonic() if fresh else 0.0
         try:
             if fresh:
                 self.reader.read_more(self.config.head_timeout)
@@ -128,6 +128,8 @@ class ClientConnection:
         except (socket.timeout, ConnectionGone):
             return None
         self.idle = False
+        if events and events[0] is not END:
+            return events.popleft()  # the usual case: the whole head came in one read
         # A new connection's first head is due head_timeout after accept (a slowloris
         # must not get twice that by waiting before its first byte); a kept-alive
         # connection's next head is due head_timeout after its first byte.
