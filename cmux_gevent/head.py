@@ -77,7 +77,7 @@ class RequestHead(_Head):
     def __init__(self, method, target, version, headers, keep_alive, upgrade):
         self.method: bytes = method
         self.target: bytes = target
-        super().__init__(version, headers, keep_alive, upgrade)
+        _Head.__init__(self, version, headers, keep_alive, upgrade)  # no super object per head
 
 
 class ResponseHead(_Head):
@@ -88,7 +88,7 @@ class ResponseHead(_Head):
     def __init__(self, status, reason, version, headers, keep_alive, upgrade):
         self.status: int = status
         self.reason: bytes = reason
-        super().__init__(version, headers, keep_alive, upgrade)
+        _Head.__init__(self, version, headers, keep_alive, upgrade)  # no super object per head
 
 
 def check_request(head: RequestHead) -> None:
