@@ -199,18 +199,25 @@ class ClientConnection:
 
     def _relay_response(self, exchange, target, reader):
         """Relay the upstream's response; returns (upstream reusable, client keep-alive)."""
-        head = exchange.head
         response = self._final_head(reader, target)
+        keep = exchange.head.keep_alive and not self.proxy.draining
+        framing, keep = self._send_response(exchange, reader, response, keep)
+        reusable = response.keep_alive and framing != h.CLOSE and not reader.parser.events
+        return reusable, keep
+
+    def _send_response(self, exchange, reader, response, keep: bool):
+        """Send `response` and its body framed for this client; returns (framing, keep-alive).
+
+        A body whose end only the upstream's close marks is re-chunked for HTTP/1.1
+        clients; an HTTP/1.0 client gets it as is, and the connection then closes.
+        """
+        head = exchange.head
         framing, length = h.response_framing(head.method, response)
         client_11 = head.version == "1.1"
-        keep = head.keep_alive and not self.proxy.draining
-        chunked_out = False
-        extra = []
-        if framing in (h.CHUNKED, h.CLOSE):
-            chunked_out = client_11
-            keep = keep and client_11
-            if chunked_out:
-                extra.append((b"Transfer-Encoding", b"chunked"))
+        open_ended = framing in (h.CHUNKED, h.CLOSE)
+        chunked_out = open_ended and client_11
+        keep = keep and (client_11 or not open_ended)
+        extra = [(b"Transfer-Encoding", b"chunked")] if chunked_out else []
         if not keep:
             extra.append((b"Connection", b"close"))
         elif not client_11:
@@ -219,8 +226,7 @@ class ClientConnection:
         self.responding = True
         out = h.serialize_response(response, h.end_to_end(response), extra)
         exchange.sent = self._relay_body(reader, framing, length, chunked_out, out)
-        reusable = response.keep_alive and framing != h.CLOSE and not reader.parser.events
-        return reusable, keep
+        return framing, keep
 
     def _final_head(self, reader, target):
         """Read the upstream's final response head, relaying 1xx interim ones."""
@@ -261,14 +267,15 @@ class ClientConnection:
                 self._watch_client(reader.sock)
 
     def _relay_body(self, reader, framing, length, chunked_out, head: bytes) -> int:
-        """Send `head` and the body; head and already-parsed body leave in one write."""
-        if framing == h.NONE:
-            send(self.sock, head)
-            return 0
+        """Send `head` and the body; head and already-parsed body leave in one write.
+
+        The parser's END of a bodiless response is taken too, so that nothing is left
+        queued and the upstream connection can be pooled.
+        """
         pieces = [head]
         sent, ended = take_queued_body(reader, chunked_out, pieces)
         send_pieces(self.sock, pieces)
-        if ended:
+        if ended or framing == h.NONE:
             return sent
         if framing != h.LENGTH:  # a stream (SSE, long poll) may idle: notice a client leaving
             self._watch_client(reader.sock)
@@ -303,16 +310,7 @@ class ClientConnection:
 
     def _refused_upgrade(self, exchange, reader, response) -> bool:
         """The upstream answered the upgrade with a normal response: relay it, then close."""
-        framing, length = h.response_framing(exchange.head.method, response)
-        exchange.status = response.status
-        self.responding = True
-        extra = [(b"Connection", b"close")]
-        if framing in (h.CHUNKED, h.CLOSE):
-            extra.append((b"Transfer-Encoding", b"chunked"))
-        out = h.serialize_response(response, h.end_to_end(response), extra)
-        exchange.sent = self._relay_body(
-            reader, framing, length, framing in (h.CHUNKED, h.CLOSE), out
-        )
+        self._send_response(exchange, reader, response, keep=False)
         return False
 
     def _connect(self, exchange, target) -> bool:

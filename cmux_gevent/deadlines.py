@@ -37,11 +37,12 @@ class _Sweeper:
             raise socket.timeout("timed out")
         current = getcurrent()
         self.due[current] = time.monotonic() + timeout
+        hub = get_hub()
         if self._timer is None:
-            self._timer = get_hub().loop.timer(SWEEP_SECONDS, SWEEP_SECONDS, ref=False)
+            self._timer = hub.loop.timer(SWEEP_SECONDS, SWEEP_SECONDS, ref=False)
             self._timer.start(self._sweep)
         try:
-            get_hub().wait(sock._read_event)
+            hub.wait(sock._read_event)
         finally:
             self.due.pop(current, None)
 

@@ -133,22 +133,18 @@ def response_problem(head: "ResponseHead") -> Optional[str]:
 
 def _chunked_only(head: _Head) -> bool:
     """No Transfer-Encoding, or exactly one that is exactly `chunked`."""
-    if b"transfer-encoding" not in head.names:
-        return True
     encodings = head.get_all(b"transfer-encoding")
+    if not encodings:
+        return True
     return len(encodings) == 1 and encodings[0].lower() == b"chunked"
 
 
 def request_framing(head: RequestHead) -> Tuple[str, int]:
     """How the request body ends, from the headers llhttp validated."""
-    names = head.names
-    if b"transfer-encoding" in names:
+    if b"transfer-encoding" in head.names:
         return CHUNKED, 0
-    if b"content-length" in names:
-        length = int(head.headers[names.index(b"content-length")][1])
-        if length:
-            return LENGTH, length
-    return NONE, 0
+    length = int(head.get(b"content-length") or 0)
+    return (LENGTH, length) if length else (NONE, 0)
 
 
 def response_framing(method: bytes, head: "ResponseHead") -> Tuple[str, int]:
@@ -156,13 +152,13 @@ def response_framing(method: bytes, head: "ResponseHead") -> Tuple[str, int]:
     status = head.status
     if method == b"HEAD" or status < 200 or status in (204, 304):
         return NONE, 0
-    names = head.names
-    if b"transfer-encoding" in names:
+    if b"transfer-encoding" in head.names:
         return CHUNKED, 0  # the only coding `response_problem` lets through
-    if b"content-length" in names:
-        length = int(head.headers[names.index(b"content-length")][1])
-        return (LENGTH, length) if length else (NONE, 0)
-    return CLOSE, 0
+    value = head.get(b"content-length")
+    if value is None:
+        return CLOSE, 0
+    length = int(value)
+    return (LENGTH, length) if length else (NONE, 0)
 
 
 _ALWAYS_DROPPED = HOP_BY_HOP | ROUTING_HEADERS

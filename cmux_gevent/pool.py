@@ -1,10 +1,11 @@
 """Upstream keep-alive connections, pooled per (host, port).
 
-A pooled connection is only handed out if it is younger than POOL_IDLE_SECONDS
-and has nothing to read: an upstream that closed it (EOF) or wrote to it
-unprompted is discarded here rather than discovered by a request. Each keeps
-its response parser (a MessageReader), so a request on a reused connection
-creates no parser.
+A pooled connection is only handed out if it is younger than POOL_IDLE_SECONDS,
+and, once idle for PEEK_AFTER, only if it has nothing to read: an upstream that
+closed it (EOF) or wrote to it unprompted is discarded here rather than
+discovered by a request. Each keeps its response parser (a MessageReader), so a
+request on a reused connection creates none unless the last response left the
+parser mid-message.
 """
 
 import errno
@@ -78,7 +79,10 @@ class UpstreamPool:
     def open(self, host: str, port: int) -> MessageReader:
         """A new connection to host:port with its response parser (UpstreamError if none)."""
         sock = connect(host, port, self.connect_timeout)
-        return MessageReader(sock, ResponseParser(self.limits, f"{host}:{port}"))
+        return MessageReader(sock, self._parser(host, port))
+
+    def _parser(self, host: str, port: int) -> ResponseParser:
+        return ResponseParser(self.limits, f"{host}:{port}")  # the name its 502s give
 
     def acquire(self, host: str, port: int):
         """(upstream, reused): a live pooled connection if there is one, else a new one."""
@@ -101,8 +105,8 @@ class UpstreamPool:
             upstream.sock.close()
             return
         upstream.received = 0
-        if not upstream.parser.between_messages:  # a HEAD response: llhttp awaits its body
-            upstream.parser = ResponseParser(self.limits, f"{host}:{port}")
+        if not upstream.parser.between_messages:  # a HEAD answer, or a body copied past it
+            upstream.parser = self._parser(host, port)
         idle.append((upstream, time.monotonic()))
         if self._sweeper is None:
             self._sweeper = gevent.spawn_later(POOL_IDLE_SECONDS, self._sweep)

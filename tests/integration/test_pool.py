@@ -91,3 +91,18 @@ def test_a_pooled_connection_is_reused_after_responses_its_parser_did_not_see_en
             else:
                 assert reply.body == path.encode()
         assert up.accepted == 1, "every request reused the one pooled upstream connection"
+
+
+@pytest.mark.timeout(30)
+def test_bodiless_responses_keep_their_upstream_connection(proxy):
+    # 304, 204 and an empty 200 end with their head: the connection goes back to the pool.
+    def bodiless(req, wire, upstream):
+        status = {"/304": 304, "/204": 204}.get(req.start[1], 200)
+        wire.send(response(status, [] if status != 200 else [("Content-Length", "0")]))
+
+    with Upstream(http_server(bodiless)) as up:
+        wire = Wire.connect(proxy.port)
+        for path in ["/304", "/204", "/empty"] * 3:
+            wire.send(routed("GET", path, up.port))
+            assert wire.read_response().status in (304, 204, 200)
+        assert up.accepted == 1

@@ -144,6 +144,27 @@ def test_refused_upgrade_relays_the_upstream_answer(proxy):
 
 
 @pytest.mark.timeout(20)
+def test_refused_upgrade_from_an_http10_client_is_not_chunked(proxy):
+    # A chunked refusal cannot be re-chunked for HTTP/1.0: it comes as is, ended by the close.
+    refuse = answers(
+        b"HTTP/1.1 426 Upgrade Required\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnope\r\n0\r\n\r\n"
+    )
+    with Upstream(refuse) as up:
+        wire = send_routed(
+            proxy,
+            "GET",
+            "/",
+            up.port,
+            [("Connection", "Upgrade"), ("Upgrade", "x")],
+            version="HTTP/1.0",
+        )
+        msg = wire.read_response()
+        assert msg.status == 426
+        assert msg.get("transfer-encoding") is None
+        assert msg.body == b"nope"
+
+
+@pytest.mark.timeout(20)
 def test_upgrade_to_closed_port_is_502(proxy):
     with Upstream(ws_echo) as up:
         port = up.port
