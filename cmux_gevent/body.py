@@ -11,7 +11,7 @@ from gevent import socket
 
 from . import deadlines
 from .errors import ConnectionGone, ProxyError
-from .parser import BODY, END
+from .parser import END
 from .relay import READ_SIZE, SPLICE_AFTER, can_splice, copy_exact
 
 CHUNKED_END = b"0\r\n\r\n"
@@ -100,7 +100,7 @@ def send(sock, data) -> None:
 
 
 def copy_events(reader: MessageReader, dst, chunked: bool, timeout) -> int:
-    """Copy BODY events to `dst` until END, chunk-framed if `chunked`; returns bytes copied.
+    """Copy body events to `dst` until END, chunk-framed if `chunked`; returns bytes copied.
 
     Whatever one read produced leaves in one gathered write.
     """
@@ -118,7 +118,7 @@ def copy_events(reader: MessageReader, dst, chunked: bool, timeout) -> int:
 
 
 def take_queued_body(reader: MessageReader, chunked: bool, pieces: list):
-    """Append the BODY events the parser already produced to `pieces`, framed.
+    """Append the body events the parser already produced to `pieces`, framed.
 
     Returns (body bytes taken, whether the message END was reached); with
     `chunked`, a reached END also appends the terminating zero chunk. Chunk
@@ -133,15 +133,14 @@ def take_queued_body(reader: MessageReader, chunked: bool, pieces: list):
             if chunked:
                 pieces.append(CHUNKED_END)
             return taken, True
-        if not (isinstance(event, tuple) and event[0] == BODY):
+        if event.__class__ is not bytes:  # the next message's head
             break
         events.popleft()
-        data = event[1]
-        taken += len(data)
+        taken += len(event)
         if chunked:
-            pieces += (b"%x\r\n" % len(data), data, b"\r\n")
+            pieces += (b"%x\r\n" % len(event), event, b"\r\n")
         else:
-            pieces.append(data)
+            pieces.append(event)
     return taken, False
 
 

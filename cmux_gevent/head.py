@@ -6,6 +6,8 @@ ever reach a dev server or a browser.
 """
 
 import re
+from itertools import compress
+from operator import itemgetter, not_
 from typing import FrozenSet, Iterable, List, Optional, Tuple
 
 from .errors import ClientError
@@ -46,13 +48,26 @@ def tokens(value: Optional[bytes]) -> List[bytes]:
     return [t for t in map(bytes.strip, value.lower().split(b",")) if t]
 
 
-class _Head:
-    __slots__ = ("version", "headers", "keep_alive", "upgrade", "names")
+_NAME = itemgetter(0)
 
-    def __init__(self, version: str, headers: List[Header], keep_alive: bool, upgrade: bool):
+
+class _Head:
+    """What request and response heads share; built once per message, so kept lean.
+
+    One constructor serves both kinds: the start line's two fields live in the
+    slots `_first` and `_text`, which RequestHead names `method`/`target` and
+    ResponseHead `status`/`reason` (aliases of the same slot descriptors, as
+    fast as any attribute).
+    """
+
+    __slots__ = ("_first", "_text", "version", "headers", "names", "keep_alive", "upgrade")
+
+    def __init__(self, first, text, version: str, headers: List[Header], keep_alive, upgrade):
+        self._first = first
+        self._text = text
         self.version = version
         self.headers = headers
-        self.names = [name.lower() for name, _ in headers]  # beside headers, for lookups
+        self.names = [*map(bytes.lower, map(_NAME, headers))]  # beside headers, for lookups
         self.keep_alive = keep_alive
         self.upgrade = upgrade
 
@@ -70,25 +85,21 @@ class _Head:
 
 
 class RequestHead(_Head):
-    """A request head as llhttp parsed it; `headers` keeps order, case and duplicates."""
+    """A request head as llhttp parsed it: RequestHead(method, target, version, headers,
+    keep_alive, upgrade); `headers` keeps order, case and duplicates."""
 
-    __slots__ = ("method", "target")
-
-    def __init__(self, method, target, version, headers, keep_alive, upgrade):
-        self.method: bytes = method
-        self.target: bytes = target
-        _Head.__init__(self, version, headers, keep_alive, upgrade)  # no super object per head
+    __slots__ = ()
+    method = _Head._first  # bytes
+    target = _Head._text  # bytes
 
 
 class ResponseHead(_Head):
-    """A response head as llhttp parsed it."""
+    """A response head as llhttp parsed it: ResponseHead(status, reason, version, headers,
+    keep_alive, upgrade)."""
 
-    __slots__ = ("status", "reason")
-
-    def __init__(self, status, reason, version, headers, keep_alive, upgrade):
-        self.status: int = status
-        self.reason: bytes = reason
-        _Head.__init__(self, version, headers, keep_alive, upgrade)  # no super object per head
+    __slots__ = ()
+    status = _Head._first  # int
+    reason = _Head._text  # bytes
 
 
 def check_request(head: RequestHead) -> None:
@@ -99,7 +110,7 @@ def check_request(head: RequestHead) -> None:
     """
     if head.version not in ("1.1", "1.0"):
         raise ClientError(400, f"bad request: unsupported HTTP version {head.version}")
-    if not _chunked_only(head):
+    if b"transfer-encoding" in head.names and not _chunked_only(head):
         raise ClientError(400, "bad request: Transfer-Encoding other than chunked")
     if head.names.count(b"host") > 1:  # RFC 9112 3.2: which one routes is ambiguous
         raise ClientError(400, "bad request: more than one Host header")
@@ -126,16 +137,14 @@ def response_problem(head: "ResponseHead") -> Optional[str]:
         return f"unsupported HTTP version {head.version}"
     if _CONTROL.search(head.reason):
         return "control character in reason phrase"
-    if not _chunked_only(head):
+    if b"transfer-encoding" in head.names and not _chunked_only(head):
         return "Transfer-Encoding other than chunked"
     return None
 
 
 def _chunked_only(head: _Head) -> bool:
-    """No Transfer-Encoding, or exactly one that is exactly `chunked`."""
+    """Exactly one Transfer-Encoding, exactly `chunked`."""
     encodings = head.get_all(b"transfer-encoding")
-    if not encodings:
-        return True
     return len(encodings) == 1 and encodings[0].lower() == b"chunked"
 
 
@@ -178,11 +187,11 @@ def end_to_end(head: _Head, keep: FrozenSet[bytes] = frozenset()) -> List[Header
             dropped = dropped.union(named)
     if keep:
         dropped = dropped - keep
-    return [pair for pair, name in zip(head.headers, names) if name not in dropped]
+    return [*compress(head.headers, map(not_, map(dropped.__contains__, names)))]
 
 
 def _header_lines(headers: Iterable[Header]) -> bytes:
-    return b"".join([b"%s: %s\r\n" % pair for pair in headers])
+    return b"".join(map(b"%s: %s\r\n".__mod__, headers))
 
 
 def serialize_request(

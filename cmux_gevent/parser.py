@@ -7,15 +7,14 @@ tolerates that a proxy must not (see `head.check_request`) are refused on top.
 """
 
 from collections import deque
-from typing import Deque, List, Optional, Tuple, Union
+from typing import Deque, List, Optional, Union
 
 import httptools
 
 from .errors import ClientError, ProxyError, UpstreamError
 from .head import Header, RequestHead, ResponseHead, response_problem
 
-BODY = "body"
-END = "end"
+END = "end"  # a message ended; a body piece is queued as its bytes
 
 
 class Limits:
@@ -29,7 +28,7 @@ class Limits:
         self.max_request_line = max_request_line
 
 
-Event = Union[RequestHead, ResponseHead, Tuple[str, bytes], str]
+Event = Union[RequestHead, ResponseHead, bytes, str]
 
 
 class _EventParser:
@@ -86,10 +85,6 @@ class _EventParser:
 
     # -- httptools callbacks ---------------------------------------------------
 
-    def on_message_begin(self):
-        self._headers = []
-        self._start_text = b""
-
     def on_header(self, name: bytes, value: bytes):
         # The hottest callback: only append. Counting happens once per head below,
         # and `feed` bounds the bytes of a head that is still incomplete.
@@ -98,28 +93,34 @@ class _EventParser:
     def on_headers_complete(self):
         headers = self._headers
         self._headers = []  # chunked trailers land here and are dropped, never forwarded
+        start_text = self._start_text
+        self._start_text = b""
         if len(headers) > self.limits.max_headers:
             raise self.oversized("too many header fields")
         # The bytes fed while awaiting this head, plus the read that completed it,
         # bound its size; only a bound over the limit (a large read) makes us measure
         # the head exactly, so the limit holds for any chunking ("name: value\r\n").
         if self._head_bytes + self._feeding > self.limits.max_head_bytes:
-            size = len(self._start_text) + sum(len(n) + len(v) + 4 for n, v in headers)
+            size = len(start_text) + sum(len(n) + len(v) + 4 for n, v in headers)
             if size > self.limits.max_head_bytes:
                 raise self.oversized("request header fields too large")
         self._awaiting_head = False
         self._head_bytes = 0
-        self.events.append(self.head(headers))
+        self.events.append(self.head(start_text, headers))
 
     def on_body(self, body: bytes):
-        self.events.append((BODY, body))
+        self.events.append(body)
 
     def on_message_complete(self):
         self._awaiting_head = True
+        self._headers = []  # drops the trailers
         self.events.append(END)
 
-    def head(self, headers: List[Header]):
-        """The head just parsed, with `headers`; a ProxyError if it must not be passed on."""
+    def head(self, start_text: bytes, headers: List[Header]):
+        """The head just parsed; a ProxyError if it must not be passed on.
+
+        `start_text` is the request target or the response's reason phrase.
+        """
         raise NotImplementedError
 
 
@@ -133,11 +134,11 @@ class RequestParser(_EventParser):
         if len(self._start_text) > self.limits.max_request_line:
             raise ClientError(414, "request line too long")
 
-    def head(self, headers):  # check_request runs in the connection, after the queue
+    def head(self, start_text, headers):  # check_request runs in the connection
         p = self._parser
         return RequestHead(
             p.get_method(),
-            self._start_text,
+            start_text,
             p.get_http_version(),
             headers,
             p.should_keep_alive(),
@@ -163,11 +164,11 @@ class ResponseParser(_EventParser):
     def on_status(self, reason: bytes):
         self._start_text += reason
 
-    def head(self, headers):
+    def head(self, start_text, headers):
         p = self._parser
         head = ResponseHead(
             p.get_status_code(),
-            self._start_text,
+            start_text,
             p.get_http_version(),
             headers,
             p.should_keep_alive(),

@@ -38,10 +38,13 @@ def _text(value: bytes) -> str:
 
 
 def parse_port(text: str) -> Optional[int]:
-    """A TCP port 1..65535 written in ASCII digits, or None."""
+    """A TCP port 1..65535 written in ASCII digits (leading zeros allowed), or None."""
     if not text.isascii() or not text.isdigit():
         return None
-    port = int(text)
+    digits = text.lstrip("0")
+    if len(digits) > 5:  # also keeps int() off numbers of thousands of digits
+        return None
+    port = int(digits or "0")
     return port if 0 < port < 65536 else None
 
 
@@ -70,6 +73,8 @@ def _port(head: RequestHead, host_port: Optional[int]) -> int:
         if host_port is None:
             raise ClientError(400, "missing required header: X-Cmux-Port-Internal")
         return host_port
+    if 0 < len(raw) < 6 and raw.isdigit() and 0 < int(raw) < 65536:  # the usual case
+        return int(raw)
     text = _text(raw)
     if not text:
         raise ClientError(400, "header value cannot be empty")
@@ -79,10 +84,7 @@ def _port(head: RequestHead, host_port: Optional[int]) -> int:
     return port
 
 
-def _workspace(head: RequestHead, host_workspace: Optional[str]) -> Optional[str]:
-    raw = head.get(WORKSPACE_HEADER)
-    if raw is None:
-        return host_workspace
+def _workspace(raw: bytes) -> str:
     text = _text(raw)
     if not text:
         raise ClientError(400, "X-Cmux-Workspace-Internal cannot be empty")
@@ -93,7 +95,8 @@ def route(head: RequestHead, config) -> Target:
     """The upstream for `head` (in origin-form): headers first, the Host route for the rest."""
     host_workspace, host_port = host_route(head.get(b"host"))
     port = _port(head, host_port)
-    workspace = _workspace(head, host_workspace)
+    raw_workspace = head.get(WORKSPACE_HEADER)
+    workspace = host_workspace if raw_workspace is None else _workspace(raw_workspace)
     if workspace is None:
         host = config.upstream_host
     else:

@@ -56,6 +56,7 @@ REASONS = [
     (b"X-Cmux-Port-Internal: abc\r\n", "invalid port in X-Cmux-Port-Internal"),
     (b"X-Cmux-Port-Internal: 0\r\n", "invalid port in X-Cmux-Port-Internal"),
     (b"X-Cmux-Port-Internal: 65536\r\n", "invalid port in X-Cmux-Port-Internal"),
+    (b"X-Cmux-Port-Internal: " + b"9" * 5000 + b"\r\n", "invalid port in X-Cmux-Port-Internal"),
     (b"X-Cmux-Port-Internal: -80\r\n", "invalid port in X-Cmux-Port-Internal"),
     (b"X-Cmux-Port-Internal: +80\r\n", "invalid port in X-Cmux-Port-Internal"),
     (b"X-Cmux-Port-Internal: \xd9\xa3\r\n", "invalid port in X-Cmux-Port-Internal"),

@@ -38,6 +38,8 @@ def refused(*lines, config=CONFIG):
         ((b"X-Cmux-Port-Internal: x",), "invalid port in X-Cmux-Port-Internal"),
         ((b"X-Cmux-Port-Internal: 0",), "invalid port in X-Cmux-Port-Internal"),
         ((b"X-Cmux-Port-Internal: 65536",), "invalid port in X-Cmux-Port-Internal"),
+        ((b"X-Cmux-Port-Internal: 70000",), "invalid port in X-Cmux-Port-Internal"),
+        ((b"X-Cmux-Port-Internal: " + b"9" * 5000,), "invalid port in X-Cmux-Port-Internal"),
         ((b"X-Cmux-Port-Internal: 3000.0",), "invalid port in X-Cmux-Port-Internal"),
         ((b"X-Cmux-Port-Internal: 30 00",), "invalid port in X-Cmux-Port-Internal"),
         ((b"X-Cmux-Port-Internal: \xef\xbc\x93",), "invalid port in X-Cmux-Port-Internal"),
@@ -134,6 +136,15 @@ def test_parse_port():
         None,
         None,
     ]
+
+
+def test_ports_are_read_as_rusts_u16_reads_them():
+    """Leading zeros are fine; a number of thousands of digits is just invalid (int() would
+    refuse to convert it and take the connection down)."""
+    assert parse_port("03000") == 3000 and parse_port("0" * 40 + "80") == 80
+    assert parse_port("9" * 5000) is None and parse_port("000") is None
+    assert routed(b"X-Cmux-Port-Internal: 0003000") == ("127.0.0.1", 3000, None)
+    assert host_route(b"ws-" + b"9" * 5000 + b".localhost") == (None, None)
 
 
 def test_policy_403_names_port_and_marks_header():
