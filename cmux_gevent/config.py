@@ -25,6 +25,11 @@ class Option(NamedTuple):
     default: str
     help: str
 
+    @property
+    def key(self) -> str:
+        """The attribute name: --max-head-bytes -> max_head_bytes."""
+        return self.flag[2:].replace("-", "_")
+
 
 OPTIONS: List[Option] = [
     Option(
@@ -158,6 +163,12 @@ def parse_listen(values: List[str]) -> List[Address]:
     return result
 
 
+def show_address(address: Address) -> str:
+    """`host:port`, or `[v6]:port`: how logs and errors write an address."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_address(text: str) -> Address:
     """`HOST:PORT` or `[V6]:PORT` with a literal IP address."""
     host, sep, port_text = text.rpartition(":")
@@ -228,21 +239,13 @@ class Config:
             _positive("--max-headers", v["max_headers"]),
             _positive("--max-request-line", v["max_request_line"]),
         )
-        seconds = {}
-        for key in (
-            "head_timeout",
-            "keepalive_timeout",
-            "connect_timeout",
-            "response_timeout",
-            "tunnel_idle_timeout",
-            "drain_timeout",
-        ):
-            seconds[key] = _positive("--" + key.replace("_", "-"), v[key], float)
+        timeouts = [o for o in OPTIONS if o.metavar == "SECS"]
+        seconds = {o.key: _positive(o.flag, v[o.key], float) for o in timeouts}
         self.head_timeout = seconds["head_timeout"]
         self.keepalive_timeout = seconds["keepalive_timeout"]
         self.connect_timeout = seconds["connect_timeout"]
         self.response_timeout = seconds["response_timeout"]
-        self.tunnel_idle_timeout = seconds["tunnel_idle_timeout"] or None
+        self.tunnel_idle_timeout = seconds["tunnel_idle_timeout"] or None  # 0: no limit
         self.drain_timeout = seconds["drain_timeout"]
         max_conn = v["max_connections"]
         self.max_connections = (
@@ -275,12 +278,12 @@ class Config:
                 given = ",".join(given) if given else None
             if given is None:
                 given = environ.get(option.env) or option.default
-            values[option.flag[2:].replace("-", "_")] = given
+            values[option.key] = given
         return cls(values)
 
     @classmethod
     def defaults(cls, **overrides: str) -> "Config":
         """Defaults with some values replaced (keys as attribute names), for embedding and tests."""
-        values = {o.flag[2:].replace("-", "_"): o.default for o in OPTIONS}
+        values = {o.key: o.default for o in OPTIONS}
         values.update({k: str(v) for k, v in overrides.items()})
         return cls(values)

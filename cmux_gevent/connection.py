@@ -153,7 +153,7 @@ class ClientConnection:
         head = exchange.head
         framing, _ = h.request_framing(head)
         headers = h.end_to_end(head)
-        if head.get(b"host") is None:
+        if b"host" not in head.names:
             headers.append((b"Host", f"{target.host}:{target.port}".encode()))
         out = h.serialize_request(head, headers, framing)
         upstream, reused = self.proxy.pool.acquire(target.host, target.port)

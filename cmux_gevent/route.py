@@ -151,7 +151,7 @@ def check_policy(target: Target, config) -> None:
     """Refuse ports outside the allow/deny policy and requests that would loop back to us."""
     if not config.port_allowed(target.port):
         raise ClientError(403, f"port {target.port} blocked by policy", POLICY_HEADERS)
-    if target.port in config.listen_ports and is_own_listener(
+    if target.port in config.listen_ports and is_own_listener(  # parse only on a port match
         target.host, target.port, config.listen
     ):
         raise ClientError(508, "routing loop")
@@ -159,8 +159,6 @@ def check_policy(target: Target, config) -> None:
 
 def is_own_listener(host: str, port: int, listen) -> bool:
     """Whether `host`:`port` reaches one of our own listen sockets."""
-    if all(listen_port != port for _, listen_port in listen):
-        return False  # the per-request fast path: no address parsing
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

@@ -16,7 +16,7 @@ from gevent.event import Event
 from gevent.server import StreamServer
 
 from .accesslog import AccessLog
-from .config import Address, Config
+from .config import Address, Config, show_address
 from .connection import ClientConnection
 from .pool import UpstreamPool
 
@@ -123,7 +123,7 @@ def bind(address: Address, reuse_port: bool = False):
         sock.listen(1024)
     except OSError as exc:
         sock.close()
-        shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        shown = show_address((host, port))
         raise BindError(exc.errno, f"cannot listen on {shown}: {exc.strerror}") from None
     return sock
 

@@ -14,7 +14,7 @@ import time
 
 import gevent
 
-from .config import Config
+from .config import Config, show_address
 from .server import BindError, ProxyServer, bind_all
 
 log = logging.getLogger("cmux_gevent")
@@ -32,7 +32,7 @@ def serve_config(config: Config) -> int:
         return 2
     log.info(
         "cmux-gevent listening on %s (upstream host %s, %d worker(s))",
-        ", ".join(_shown(a) for a in config.listen),
+        ", ".join(show_address(a) for a in config.listen),
         config.upstream_host,
         config.workers,
     )
@@ -93,8 +93,3 @@ class Supervisor:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
-
-
-def _shown(address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
