@@ -9,8 +9,12 @@ greenlets; while idle there are none. EOF on one side
 becomes shutdown(SHUT_WR) on the other and the reverse direction goes on; the
 tunnel closes when both directions have ended, or at once on an error.
 
-A direction that has moved SPLICE_AFTER bytes switches from recv/send to
-splice(2) through a pooled pipe: the bytes never enter Python.
+A direction that has moved SPLICE_AFTER bytes and still fills whole reads
+switches from recv/send to splice(2) through a pooled pipe: the bytes never
+enter Python. When the source runs dry the direction goes back to its watcher;
+a burst that moved a lot resumes straight into splice, a burst that moved little
+(the first small message after a large one) puts the direction back on plain
+callback copies, so a long-lived socket's small messages spawn nothing.
 """
 
 import _socket
@@ -128,9 +132,9 @@ class _Direction:
 
     Small messages (WebSocket frames, HMR pings) are copied straight from the
     watcher's callback when the destination takes them whole; a destination that
-    pushes back, a transfer that has grown large, or bytes read early start a copy
-    greenlet, which waits blocking-style and hands back to the watcher once the
-    source runs dry.
+    pushes back, a large transfer still filling whole reads, or bytes read early
+    start a copy greenlet, which waits blocking-style and hands back to the
+    watcher once the source runs dry.
     """
 
     __slots__ = (
@@ -143,6 +147,7 @@ class _Direction:
         "greenlet",
         "moved",
         "pipe",
+        "streaming",
         "done",
     )
 
@@ -155,6 +160,7 @@ class _Direction:
         self.greenlet = None
         self.moved = 0
         self.pipe = None
+        self.streaming = False  # the last burst spliced a large transfer
         self.done = False
 
     def start(self) -> None:
@@ -174,7 +180,7 @@ class _Direction:
         between this recv and send, and only a remainder the destination refused is
         copied out (into `pending`, for the copy greenlet).
         """
-        if self.moved >= SPLICE_AFTER and can_splice:
+        if self.streaming:  # the last burst was a large transfer: resume it with splice
             self._spawn()
             return
         try:
@@ -198,6 +204,8 @@ class _Direction:
         if sent < got:
             self.pending = bytes(_SCRATCH_VIEW[sent:got])
             self._spawn()
+        elif got == READ_SIZE and self.moved >= SPLICE_AFTER and can_splice:
+            self._spawn()  # full reads of a large transfer: splice the rest from a greenlet
 
     def _burst(self) -> None:
         """Copy until the source would block (back to the watcher) or ends (half-close)."""
@@ -205,16 +213,19 @@ class _Direction:
             if self.pending:
                 send_all(self.dst, self.pending, self._writable())
                 self.pending = b""
+            burst = 0
             while True:
                 got = self._move()
                 if got < 0:
                     self.greenlet = None
+                    self.streaming = self.pipe is not None and burst >= READ_SIZE
                     self.watcher.start(self._readable)
                     return
                 if got == 0:
                     self.greenlet = None
                     self._eof()
                     return
+                burst += got
                 self.moved += got
                 if self.tunnel.idle_timeout:
                     self.tunnel.last_active = time.monotonic()
