@@ -54,15 +54,14 @@ class AccessLog:
         head, target = exchange.head, exchange.target
         line = _LINE % (
             self._stamp,
-            (now - second) * 1000,
+            int((now - second) * 1000),
             peer,
             head.method if head else b"-",
             head.target if head else b"-",
-            b"%d" % target.port if target else b"-",
-            target.host.encode() if target else b"-",
+            target.log_name if target else b"port=- upstream=-",
             exchange.status,
             exchange.sent,
-            round((time.monotonic() - exchange.started) * 1000),
+            int((time.monotonic() - exchange.started) * 1000 + 0.5),
         )
         if exchange.error:
             line = b'%s error="%s"\n' % (line[:-1], exchange.error.encode("utf-8", "replace"))
@@ -90,4 +89,4 @@ class AccessLog:
             pass  # stderr gone (closed pipe): the proxy keeps serving
 
 
-_LINE = b"%s,%03d INFO client=%s method=%s path=%s port=%s upstream=%s status=%d bytes=%d ms=%d\n"
+_LINE = b"%s,%03d INFO client=%s method=%s path=%s %s status=%d bytes=%d ms=%d\n"

@@ -31,7 +31,7 @@ from .relay import Tunnel
 from .route import origin_form, route
 
 CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
-SWITCHING = (b"Connection", b"Upgrade")
+SWITCHING = b"Connection: Upgrade"
 WATCH_CLIENT_AFTER = 0.5  # seconds an upstream may think before we watch the client
 
 
@@ -152,10 +152,10 @@ class ClientConnection:
     def _forward(self, exchange: Exchange, target) -> bool:
         head = exchange.head
         framing, _ = h.request_framing(head)
-        headers = h.end_to_end(head)
+        lines = h.end_to_end(head)
         if b"host" not in head.names:
-            headers.append((b"Host", f"{target.host}:{target.port}".encode()))
-        out = h.serialize_request(head, headers, framing)
+            lines.append(b"Host: " + target.name.encode())
+        out = h.serialize_request(head, lines, framing)
         upstream, reused = self.proxy.pool.acquire(target.host, target.port)
         if framing != h.NONE:
             uploader = Uploader(
@@ -217,11 +217,11 @@ class ClientConnection:
         open_ended = framing in (h.CHUNKED, h.CLOSE)
         chunked_out = open_ended and client_11
         keep = keep and (client_11 or not open_ended)
-        extra = [(b"Transfer-Encoding", b"chunked")] if chunked_out else []
+        extra = [b"Transfer-Encoding: chunked"] if chunked_out else []
         if not keep:
-            extra.append((b"Connection", b"close"))
+            extra.append(b"Connection: close")
         elif not client_11:
-            extra.append((b"Connection", b"keep-alive"))
+            extra.append(b"Connection: keep-alive")
         exchange.status = response.status
         self.responding = True
         out = h.serialize_response(response, h.end_to_end(response), extra)
@@ -238,7 +238,7 @@ class ClientConnection:
                 if reader.received == 0:
                     raise _RetryFresh(target, gone) from None
                 raise UpstreamError(
-                    f"upstream request error: {_name(target)} closed the connection: {gone}"
+                    f"upstream request error: {target.name} closed the connection: {gone}"
                 ) from None
             if response.status >= 200 or response.status == 101:
                 return response
@@ -255,7 +255,7 @@ class ClientConnection:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise UpstreamError(
-                    f"upstream request error: {_name(target)} sent no response in time", status=504
+                    f"upstream request error: {target.name} sent no response in time", status=504
                 )
             watching = self._watch is not None and self._watch.active
             try:
@@ -288,8 +288,8 @@ class ClientConnection:
 
     def _upgrade(self, exchange, target) -> bool:
         head = exchange.head
-        headers = h.end_to_end(head, keep=frozenset({b"upgrade"}))
-        out = h.serialize_request(head, headers, h.NONE, connection=b"Upgrade")
+        lines = h.end_to_end(head, keep=frozenset({b"upgrade"}))
+        out = h.serialize_request(head, lines, h.NONE, connection=b"Upgrade")
         reader = self.proxy.pool.open(target.host, target.port)  # never pooled: it upgrades
         try:
             send_upstream(reader.sock, out, target)
@@ -389,7 +389,7 @@ class _RetryFresh(UpstreamError):
     """The upstream connection died before any response byte: a pooled one may be retried."""
 
     def __init__(self, target, cause):
-        super().__init__(f"upstream request error: {_name(target)} closed the connection: {cause}")
+        super().__init__(f"upstream request error: {target.name} closed the connection: {cause}")
 
 
 def send_upstream(upstream, data: bytes, target) -> None:
@@ -397,7 +397,3 @@ def send_upstream(upstream, data: bytes, target) -> None:
         send_all(upstream, data)
     except OSError as exc:
         raise _RetryFresh(target, exc) from None
-
-
-def _name(target) -> str:
-    return f"{target.host}:{target.port}"

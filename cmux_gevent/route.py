@@ -7,6 +7,7 @@ text the client sees. Pure: no sockets, no DNS.
 import ipaddress
 from typing import Optional, Tuple
 
+from .config import show_address
 from .errors import ClientError
 from .head import PORT_HEADER, WORKSPACE_HEADER, RequestHead
 from .workspace import InvalidWorkspace, workspace_ip
@@ -16,15 +17,25 @@ LOCALHOST_BYTES = LOCALHOST_SUFFIX.encode()
 POLICY_HEADERS = ((b"X-Cmux-Error", b"blocked-by-policy"),)
 
 
-class Target:
-    """Where a request goes: upstream `host`:`port`, and the workspace that chose host."""
+#: How many routing decisions a Config remembers (see `route`); then it starts over.
+TARGETS_KEPT = 4096
 
-    __slots__ = ("host", "port", "workspace")
+
+class Target:
+    """Where a request goes: upstream `host`:`port`, and the workspace that chose host.
+
+    Built once per (workspace, port) and reused, so it also carries the names the
+    error texts, a missing Host header and the access log write.
+    """
+
+    __slots__ = ("host", "port", "workspace", "name", "log_name")
 
     def __init__(self, host: str, port: int, workspace: Optional[str]):
         self.host = host
         self.port = port
         self.workspace = workspace
+        self.name = show_address((host, port))
+        self.log_name = b"port=%d upstream=%s" % (port, host.encode())
 
     def __repr__(self):
         return f"Target({self.host}:{self.port}, workspace={self.workspace!r})"
@@ -97,6 +108,12 @@ def route(head: RequestHead, config) -> Target:
     port = _port(head, host_port)
     raw_workspace = head.get(WORKSPACE_HEADER)
     workspace = host_workspace if raw_workspace is None else _workspace(raw_workspace)
+    target = config.targets.get((workspace, port))
+    return _target(workspace, port, config) if target is None else target
+
+
+def _target(workspace: Optional[str], port: int, config) -> Target:
+    """A new Target, refused with 400 (workspace) or 403/508 (policy), else remembered."""
     if workspace is None:
         host = config.upstream_host
     else:
@@ -106,6 +123,9 @@ def route(head: RequestHead, config) -> Target:
             raise ClientError(400, f"invalid workspace name: {workspace}") from None
     target = Target(host, port, workspace)
     check_policy(target, config)
+    if len(config.targets) >= TARGETS_KEPT:
+        config.targets.clear()
+    config.targets[workspace, port] = target
     return target
 
 

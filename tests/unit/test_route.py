@@ -2,6 +2,7 @@
 
 import pytest
 
+from cmux_gevent import route as route_module
 from cmux_gevent.config import Config
 from cmux_gevent.errors import ClientError
 from cmux_gevent.parser import Limits, RequestParser
@@ -155,6 +156,26 @@ def test_policy_403_names_port_and_marks_header():
             route(head(b"X-Cmux-Port-Internal: %d" % port), config)
         assert (info.value.status, info.value.reason) == (403, f"port {port} blocked by policy")
         assert (b"X-Cmux-Error", b"blocked-by-policy") in info.value.headers
+
+
+def test_decisions_are_remembered_only_once_the_policy_let_them_through(monkeypatch):
+    config = Config.defaults(listen="127.0.0.1:8080", deny_ports="3306")
+    first = route(head(b"X-Cmux-Port-Internal: 3000"), config)
+    assert route(head(b"X-Cmux-Port-Internal: 3000"), config) is first
+    for _ in range(2):  # a refusal is decided afresh every time, never remembered
+        with pytest.raises(ClientError):
+            route(head(b"X-Cmux-Port-Internal: 3306"), config)
+    assert list(config.targets) == [(None, 3000)]
+    monkeypatch.setattr(route_module, "TARGETS_KEPT", 10)
+    for port in range(4000, 4025):  # many workspaces x ports: the memo stays bounded
+        route(head(b"X-Cmux-Port-Internal: %d" % port), config)
+    assert 0 < len(config.targets) <= 10
+
+
+def test_target_names_an_ipv6_upstream_in_brackets():
+    config = Config.defaults(listen="127.0.0.1:8080", upstream_host="::1")
+    target = route(head(b"X-Cmux-Port-Internal: 3000"), config)
+    assert (target.name, target.log_name) == ("[::1]:3000", b"port=3000 upstream=::1")
 
 
 def test_routing_to_ourselves_is_508():
