@@ -1,7 +1,8 @@
 """Choosing the upstream for a request, exactly as cmux-proxy does, plus policy.
 
 `route(head, config)` returns a Target or raises a ProxyError whose reason is the
-text the client sees. Pure: no sockets, no DNS.
+text the client sees. No sockets, no DNS; the only state is the bounded memo of
+decisions already taken, kept on the Config.
 """
 
 import ipaddress
@@ -19,6 +20,8 @@ POLICY_HEADERS = ((b"X-Cmux-Error", b"blocked-by-policy"),)
 
 #: How many routing decisions a Config remembers (see `route`); then it starts over.
 TARGETS_KEPT = 4096
+#: Longer workspace names are routed but not remembered, so the memo stays small.
+REMEMBERED_NAME_MAX = 253
 
 
 class Target:
@@ -123,9 +126,10 @@ def _target(workspace: Optional[str], port: int, config) -> Target:
             raise ClientError(400, f"invalid workspace name: {workspace}") from None
     target = Target(host, port, workspace)
     check_policy(target, config)
-    if len(config.targets) >= TARGETS_KEPT:
-        config.targets.clear()
-    config.targets[workspace, port] = target
+    if workspace is None or len(workspace) <= REMEMBERED_NAME_MAX:
+        if len(config.targets) >= TARGETS_KEPT:
+            config.targets.clear()
+        config.targets[workspace, port] = target
     return target
 
 

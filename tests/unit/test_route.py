@@ -170,6 +170,9 @@ def test_decisions_are_remembered_only_once_the_policy_let_them_through(monkeypa
     for port in range(4000, 4025):  # many workspaces x ports: the memo stays bounded
         route(head(b"X-Cmux-Port-Internal: %d" % port), config)
     assert 0 < len(config.targets) <= 10
+    long_name = b"X-Cmux-Workspace-Internal: " + b"w" * 10_000
+    assert route(head(b"X-Cmux-Port-Internal: 3000", long_name), config).port == 3000
+    assert all(len(workspace or "") <= 253 for workspace, _ in config.targets), "not kept"
 
 
 def test_target_names_an_ipv6_upstream_in_brackets():
