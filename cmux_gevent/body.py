@@ -12,13 +12,9 @@ from gevent import socket
 from . import deadlines
 from .errors import ConnectionGone, ProxyError
 from .parser import END
-from .relay import READ_SIZE, SPLICE_AFTER, can_splice, copy_exact
+from .relay import READ_SIZE, SCRATCH, SCRATCH_VIEW, SPLICE_AFTER, can_splice, copy_exact
 
 CHUNKED_END = b"0\r\n\r\n"
-
-
-_SCRATCH = bytearray(READ_SIZE)  # every read of a head lands here first
-_SCRATCH_VIEW = memoryview(_SCRATCH)
 
 
 class MessageReader:
@@ -37,7 +33,7 @@ class MessageReader:
         `wait_first`: the peer is known to owe us an answer (see deadlines.recv_into).
         """
         try:  # into a scratch buffer: the parser copies what it keeps, nothing yields meanwhile
-            got = deadlines.recv_into(self.sock, _SCRATCH, timeout, wait_first)
+            got = deadlines.recv_into(self.sock, SCRATCH, timeout, wait_first)
         except socket.timeout:
             raise
         except OSError as exc:
@@ -45,7 +41,7 @@ class MessageReader:
         if not got:
             raise ConnectionGone("peer closed the connection")
         self.received += got
-        self.parser.feed(_SCRATCH_VIEW[:got])
+        self.parser.feed(SCRATCH_VIEW[:got])
 
     def next_event(self, timeout, wait_first: bool = False):
         events = self.parser.events

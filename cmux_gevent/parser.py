@@ -32,9 +32,11 @@ Event = Union[RequestHead, ResponseHead, bytes, str]
 
 
 class _EventParser:
-    """Shared callback plumbing; subclasses build their head type."""
+    """Shared callback plumbing and head building; subclasses name their head type."""
 
     parser_class = None
+    head_class = None
+    first_field = None  # the start line's first field, read from the httptools parser
 
     def __init__(self, limits: Limits):
         self.events: Deque[Event] = deque()
@@ -117,33 +119,32 @@ class _EventParser:
         self.events.append(END)
 
     def head(self, start_text: bytes, headers: List[Header]):
-        """The head just parsed; a ProxyError if it must not be passed on.
+        """The head just parsed; subclasses may refuse it with a ProxyError.
 
         `start_text` is the request target or the response's reason phrase.
         """
-        raise NotImplementedError
-
-
-class RequestParser(_EventParser):
-    """A client connection's parser: one for the connection's whole life."""
-
-    parser_class = httptools.HttpRequestParser
-
-    def on_url(self, url: bytes):
-        self._start_text += url
-        if len(self._start_text) > self.limits.max_request_line:
-            raise ClientError(414, "request line too long")
-
-    def head(self, start_text, headers):  # check_request runs in the connection
         p = self._parser
-        return RequestHead(
-            p.get_method(),
+        return self.head_class(
+            self.first_field(p),
             start_text,
             p.get_http_version(),
             headers,
             p.should_keep_alive(),
             p.should_upgrade(),
         )
+
+
+class RequestParser(_EventParser):
+    """A client connection's parser: one for the connection's whole life."""
+
+    parser_class = httptools.HttpRequestParser
+    head_class = RequestHead  # check_request runs in the connection, after the queue
+    first_field = staticmethod(httptools.HttpRequestParser.get_method)
+
+    def on_url(self, url: bytes):
+        self._start_text += url
+        if len(self._start_text) > self.limits.max_request_line:
+            raise ClientError(414, "request line too long")
 
     def malformed(self, why):
         return ClientError(400, f"bad request: {why}")
@@ -156,6 +157,8 @@ class ResponseParser(_EventParser):
     """Parses one upstream response (and any 1xx interim responses before it)."""
 
     parser_class = httptools.HttpResponseParser
+    head_class = ResponseHead
+    first_field = staticmethod(httptools.HttpResponseParser.get_status_code)
 
     def __init__(self, limits: Limits, upstream: str):
         super().__init__(limits)
@@ -165,15 +168,7 @@ class ResponseParser(_EventParser):
         self._start_text += reason
 
     def head(self, start_text, headers):
-        p = self._parser
-        head = ResponseHead(
-            p.get_status_code(),
-            start_text,
-            p.get_http_version(),
-            headers,
-            p.should_keep_alive(),
-            p.should_upgrade(),
-        )
+        head = _EventParser.head(self, start_text, headers)
         problem = response_problem(head)
         if problem:
             raise self.malformed(problem)

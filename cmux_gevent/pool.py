@@ -15,6 +15,7 @@ import gevent
 from gevent import socket
 
 from .body import MessageReader, peek
+from .config import show_address
 from .deadlines import SEND_SECONDS
 from .errors import UpstreamError
 from .parser import Limits, ResponseParser
@@ -53,13 +54,13 @@ def connect(host: str, port: int, timeout: float):
         sock = _open(host, port, timeout)
     except socket.timeout:
         raise UpstreamError(
-            f"upstream request error: connect to {host}:{port} timed out", status=504
+            f"upstream request error: connect to {show_address((host, port))} timed out", status=504
         ) from None
     except OSError as exc:
         reason = errno.errorcode.get(exc.errno, "") if exc.errno else ""
         detail = exc.strerror or str(exc)
         raise UpstreamError(
-            f"upstream request error: connect to {host}:{port} failed: {detail}"
+            f"upstream request error: connect to {show_address((host, port))} failed: {detail}"
             + (f" ({reason})" if reason else "")
         ) from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -82,7 +83,7 @@ class UpstreamPool:
         return MessageReader(sock, self._parser(host, port))
 
     def _parser(self, host: str, port: int) -> ResponseParser:
-        return ResponseParser(self.limits, f"{host}:{port}")  # the name its 502s give
+        return ResponseParser(self.limits, show_address((host, port)))  # as its 502s name it
 
     def acquire(self, host: str, port: int):
         """(upstream, reused): a live pooled connection if there is one, else a new one."""

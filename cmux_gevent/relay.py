@@ -29,8 +29,11 @@ READ_SIZE = 64 * 1024  # small reads until a transfer proves large
 SPLICE_AFTER = 256 * 1024  # bytes a transfer moves before it switches to splice
 SPLICE_CHUNK = 1 << 20
 PIPE_SIZE = 1 << 20
-_SCRATCH = bytearray(READ_SIZE)  # see _Direction._readable
-_SCRATCH_VIEW = memoryview(_SCRATCH)
+#: One read buffer for the whole process: every read that lands here is consumed (sent
+#: on, or parsed and copied) before its greenlet or callback can yield. Tunnels and the
+#: head reader in body.py share it.
+SCRATCH = bytearray(READ_SIZE)
+SCRATCH_VIEW = memoryview(SCRATCH)
 _splice = getattr(os, "splice", None)
 _SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if _splice else 0
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -184,7 +187,7 @@ class _Direction:
             self._spawn()
             return
         try:
-            got = self.src.recv_into(_SCRATCH)
+            got = self.src.recv_into(SCRATCH)
             if not got:
                 self.watcher.stop()
                 self._eof()
@@ -193,7 +196,7 @@ class _Direction:
             if self.tunnel.idle_timeout:
                 self.tunnel.last_active = time.monotonic()
             try:
-                sent = self.dst.send(_SCRATCH_VIEW[:got])
+                sent = self.dst.send(SCRATCH_VIEW[:got])
             except BlockingIOError:
                 sent = 0
         except BlockingIOError:
@@ -202,7 +205,7 @@ class _Direction:
             self.tunnel.close()
             return
         if sent < got:
-            self.pending = bytes(_SCRATCH_VIEW[sent:got])
+            self.pending = bytes(SCRATCH_VIEW[sent:got])
             self._spawn()
         elif got == READ_SIZE and self.moved >= SPLICE_AFTER and can_splice:
             self._spawn()  # full reads of a large transfer: splice the rest from a greenlet

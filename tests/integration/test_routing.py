@@ -200,3 +200,12 @@ def test_no_workspace_uses_upstream_host(proxy, upstream):
     headers = {"Host": f"plain-{upstream.port}.example", "X-Cmux-Port-Internal": str(upstream.port)}
     seen = get(proxy, headers).json()
     assert (seen["server"], upstream.host) == ("default", "127.0.0.1")
+
+
+@pytest.mark.timeout(20)
+def test_an_ipv6_upstream_is_named_in_brackets_in_the_502(start_proxy):
+    proxy = start_proxy("--upstream-host", "::1")
+    port = free_port("::1")  # nothing listens there
+    reply = requests.get(proxy.url, headers={"X-Cmux-Port-Internal": str(port)}, timeout=10)
+    assert reply.status_code == 502
+    assert reply.text.startswith(f"upstream request error: connect to [::1]:{port} failed")
