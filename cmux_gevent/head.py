@@ -130,7 +130,7 @@ def response_problem(head: "ResponseHead") -> Optional[str]:
     """
     if head.version not in ("1.1", "1.0"):
         return f"unsupported HTTP version {head.version}"
-    if _CONTROL.search(head.reason):
+    if not head.reason.isalpha() and _CONTROL.search(head.reason):  # "OK" needs no regex
         return "control character in reason phrase"
     if b"transfer-encoding" in head.names and not _chunked_only(head):
         return "Transfer-Encoding other than chunked"

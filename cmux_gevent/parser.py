@@ -32,11 +32,13 @@ Event = Union[RequestHead, ResponseHead, bytes, str]
 
 
 class _EventParser:
-    """Shared callback plumbing and head building; subclasses name their head type."""
+    """Shared callback plumbing and head building; subclasses name their head type
+    and the check a head must pass."""
 
     parser_class = None
     head_class = None
     first_field = None  # the start line's first field, read from the httptools parser
+    check = None  # a head's problem that refuses it (malformed), or None
 
     def __init__(self, limits: Limits):
         self.events: Deque[Event] = deque()
@@ -108,7 +110,21 @@ class _EventParser:
                 raise self.oversized("request header fields too large")
         self._awaiting_head = False
         self._head_bytes = 0
-        self.events.append(self.head(start_text, headers))
+        p = self._parser
+        keep_alive = p.should_keep_alive()
+        head = self.head_class(
+            self.first_field(p), start_text, "1.1", headers, keep_alive, p.should_upgrade()
+        )
+        # llhttp accepts HTTP/0.9, 1.0, 1.1 and 2.0 only, and keeps all but 1.1 alive
+        # only when a Connection field asks: a kept-alive head without one is 1.1, and
+        # the getter (a str.format in httptools) runs for the others.
+        if not keep_alive or b"connection" in head.names or b"proxy-connection" in head.names:
+            head.version = p.get_http_version()
+        if self.check is not None:
+            problem = self.check(head)
+            if problem:
+                raise self.malformed(problem)
+        self.events.append(head)
 
     def on_body(self, body: bytes):
         self.events.append(body)
@@ -117,21 +133,6 @@ class _EventParser:
         self._awaiting_head = True
         self._headers = []  # drops the trailers
         self.events.append(END)
-
-    def head(self, start_text: bytes, headers: List[Header]):
-        """The head just parsed; subclasses may refuse it with a ProxyError.
-
-        `start_text` is the request target or the response's reason phrase.
-        """
-        p = self._parser
-        return self.head_class(
-            self.first_field(p),
-            start_text,
-            p.get_http_version(),
-            headers,
-            p.should_keep_alive(),
-            p.should_upgrade(),
-        )
 
 
 class RequestParser(_EventParser):
@@ -159,6 +160,7 @@ class ResponseParser(_EventParser):
     parser_class = httptools.HttpResponseParser
     head_class = ResponseHead
     first_field = staticmethod(httptools.HttpResponseParser.get_status_code)
+    check = staticmethod(response_problem)
 
     def __init__(self, limits: Limits, upstream: str):
         super().__init__(limits)
@@ -166,13 +168,6 @@ class ResponseParser(_EventParser):
 
     def on_status(self, reason: bytes):
         self._start_text += reason
-
-    def head(self, start_text, headers):
-        head = _EventParser.head(self, start_text, headers)
-        problem = response_problem(head)
-        if problem:
-            raise self.malformed(problem)
-        return head
 
     def malformed(self, why):
         return UpstreamError(

@@ -274,3 +274,37 @@ def test_malformed_response_is_502_naming_the_upstream(data):
     assert info.value.reason.startswith(
         "upstream request error: malformed response from 127.18.0.9:3000"
     )
+
+
+CONNECTION_FIELDS = [
+    b"",
+    b"Connection: keep-alive\r\n",
+    b"Proxy-Connection: keep-alive\r\n",
+    b"Connection: close\r\n",
+    b"Keep-Alive: 5\r\n",
+]
+
+
+@pytest.mark.parametrize("field", CONNECTION_FIELDS)
+@pytest.mark.parametrize("version", ["0.9", "1.0", "1.1", "2.0"])
+def test_the_version_is_the_one_on_the_start_line(version, field):
+    """The parser reads the version only when llhttp's keep-alive does not already say
+    1.1; whichever way it knows, the head must carry the version the peer wrote."""
+    request = RequestParser(Limits())
+    request.feed(b"GET / HTTP/%s\r\n%s\r\n" % (version.encode(), field))
+    assert request.events[0].version == version
+    response = ResponseParser(Limits(), "u:1")
+    try:
+        response.feed(b"HTTP/%s 200 OK\r\nContent-Length: 0\r\n%s\r\n" % (version.encode(), field))
+    except UpstreamError as error:  # only 1.0 and 1.1 responses are relayed
+        assert version not in ("1.0", "1.1") and f"version {version}" in error.reason
+    else:
+        assert response.events[0].version == version
+
+
+@pytest.mark.parametrize("version", ["0.0", "1.2", "1.9", "2.1", "3.0", "9.9"])
+def test_versions_llhttp_does_not_know_are_refused(version):
+    """The shortcut above relies on llhttp refusing every other version."""
+    with pytest.raises(ClientError) as info:
+        RequestParser(Limits()).feed(b"GET / HTTP/%s\r\nHost: x\r\n\r\n" % version.encode())
+    assert info.value.status == 400
