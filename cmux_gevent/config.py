@@ -226,7 +226,7 @@ class Config:
         if not self.listen:
             raise ConfigError("no listen address")
         self.listen_ports = frozenset(port for _, port in self.listen)
-        self.targets: Dict = {}  # route.py's memo: (workspace, port) -> Target it let through
+        self.targets: Dict = {}  # route.py's memo: (Host, port, workspace) values -> Target
         self.upstream_host = v["upstream_host"]
         self.workers = _positive("--workers", v["workers"]) or 1
         self.log_level = v["log_level"].upper()

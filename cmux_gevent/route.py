@@ -20,8 +20,8 @@ POLICY_HEADERS = ((b"X-Cmux-Error", b"blocked-by-policy"),)
 
 #: How many routing decisions a Config remembers (see `route`); then it starts over.
 TARGETS_KEPT = 4096
-#: Longer workspace names are routed but not remembered, so the memo stays small.
-REMEMBERED_NAME_MAX = 253
+#: Decisions on longer field values are taken but not remembered: the memo stays small.
+REMEMBERED_KEY_MAX = 512
 
 
 class Target:
@@ -81,14 +81,11 @@ def host_route(host: Optional[bytes]) -> Tuple[Optional[str], Optional[int]]:
     return workspace, port
 
 
-def _port(head: RequestHead, host_port: Optional[int]) -> int:
-    raw = head.get(PORT_HEADER)
+def _port(raw: Optional[bytes], host_port: Optional[int]) -> int:
     if raw is None:
         if host_port is None:
             raise ClientError(400, "missing required header: X-Cmux-Port-Internal")
         return host_port
-    if 0 < len(raw) < 6 and raw.isdigit() and 0 < int(raw) < 65536:  # the usual case
-        return int(raw)
     text = _text(raw)
     if not text:
         raise ClientError(400, "header value cannot be empty")
@@ -106,30 +103,35 @@ def _workspace(raw: bytes) -> str:
 
 
 def route(head: RequestHead, config) -> Target:
-    """The upstream for `head` (in origin-form): headers first, the Host route for the rest."""
-    host_workspace, host_port = host_route(head.get(b"host"))
-    port = _port(head, host_port)
-    raw_workspace = head.get(WORKSPACE_HEADER)
+    """The upstream for `head` (in origin-form): headers first, the Host route for the rest.
+
+    A decision depends on three field values only, so a Target once let through is
+    remembered under them: the usual request costs three lookups and a dict hit.
+    """
+    key = (head.get(b"host"), head.get(PORT_HEADER), head.get(WORKSPACE_HEADER))
+    target = config.targets.get(key)
+    return _decide(key, config) if target is None else target
+
+
+def _decide(key, config) -> Target:
+    """A new Target, refused with 400 (fields), 403/508 (policy), else remembered."""
+    host, raw_port, raw_workspace = key
+    host_workspace, host_port = host_route(host)
+    port = _port(raw_port, host_port)
     workspace = host_workspace if raw_workspace is None else _workspace(raw_workspace)
-    target = config.targets.get((workspace, port))
-    return _target(workspace, port, config) if target is None else target
-
-
-def _target(workspace: Optional[str], port: int, config) -> Target:
-    """A new Target, refused with 400 (workspace) or 403/508 (policy), else remembered."""
     if workspace is None:
-        host = config.upstream_host
+        address = config.upstream_host
     else:
         try:
-            host = workspace_ip(workspace)
+            address = workspace_ip(workspace)
         except InvalidWorkspace:
             raise ClientError(400, f"invalid workspace name: {workspace}") from None
-    target = Target(host, port, workspace)
+    target = Target(address, port, workspace)
     check_policy(target, config)
-    if workspace is None or len(workspace) <= REMEMBERED_NAME_MAX:
+    if sum(len(value) for value in key if value) <= REMEMBERED_KEY_MAX:
         if len(config.targets) >= TARGETS_KEPT:
             config.targets.clear()
-        config.targets[workspace, port] = target
+        config.targets[key] = target
     return target
 
 

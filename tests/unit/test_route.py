@@ -165,14 +165,14 @@ def test_decisions_are_remembered_only_once_the_policy_let_them_through(monkeypa
     for _ in range(2):  # a refusal is decided afresh every time, never remembered
         with pytest.raises(ClientError):
             route(head(b"X-Cmux-Port-Internal: 3306"), config)
-    assert list(config.targets) == [(None, 3000)]
+    assert list(config.targets) == [(None, b"3000", None)]
     monkeypatch.setattr(route_module, "TARGETS_KEPT", 10)
     for port in range(4000, 4025):  # many workspaces x ports: the memo stays bounded
         route(head(b"X-Cmux-Port-Internal: %d" % port), config)
     assert 0 < len(config.targets) <= 10
     long_name = b"X-Cmux-Workspace-Internal: " + b"w" * 10_000
     assert route(head(b"X-Cmux-Port-Internal: 3000", long_name), config).port == 3000
-    assert all(len(workspace or "") <= 253 for workspace, _ in config.targets), "not kept"
+    assert all(len(workspace or b"") <= 512 for _, _, workspace in config.targets), "not kept"
 
 
 def test_target_names_an_ipv6_upstream_in_brackets():
