@@ -18,7 +18,8 @@ CHUNKED_END = b"0\r\n\r\n"
 
 
 class MessageReader:
-    """A socket and the parser its bytes go to; `next_event` reads only when needed."""
+    """A socket and the parser its bytes go to; callers read more only when the parser's
+    queue of events is empty."""
 
     __slots__ = ("sock", "parser", "received")
 
@@ -42,13 +43,6 @@ class MessageReader:
             raise ConnectionGone("peer closed the connection")
         self.received += got
         self.parser.feed(SCRATCH_VIEW[:got])
-
-    def next_event(self, timeout, wait_first: bool = False):
-        events = self.parser.events
-        while not events:
-            self.read_more(timeout, wait_first)
-            wait_first = False
-        return events.popleft()
 
 
 def receive(sock, size: int, timeout) -> bytes:

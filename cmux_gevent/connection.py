@@ -251,7 +251,8 @@ class ClientConnection:
         Most upstreams answer within milliseconds; only a wait longer than
         WATCH_CLIENT_AFTER arms the watcher that notices a client hanging up.
         """
-        while True:
+        events = reader.parser.events
+        while not events:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise UpstreamError(
@@ -259,12 +260,13 @@ class ClientConnection:
                 )
             watching = self._watch is not None and self._watch.active
             try:
-                return reader.next_event(
+                reader.read_more(
                     remaining if watching else min(remaining, WATCH_CLIENT_AFTER),
                     wait_first=reader.received == 0,  # the request just left
                 )
             except socket.timeout:
                 self._watch_client(reader.sock)
+        return events.popleft()
 
     def _relay_body(self, reader, framing, length, chunked_out, head: bytes) -> int:
         """Send `head` and the body; head and already-parsed body leave in one write.

@@ -145,9 +145,12 @@ def _chunked_only(head: _Head) -> bool:
 
 def request_framing(head: RequestHead) -> Tuple[str, int]:
     """How the request body ends, from the headers llhttp validated."""
-    if b"transfer-encoding" in head.names:
+    names = head.names
+    if b"transfer-encoding" in names:
         return CHUNKED, 0
-    length = int(head.get(b"content-length") or 0)
+    if b"content-length" not in names:  # most requests: no lookup
+        return NONE, 0
+    length = int(head.get(b"content-length"))
     return (LENGTH, length) if length else (NONE, 0)
 
 
@@ -178,12 +181,24 @@ def end_to_end(head: _Head, keep: FrozenSet[bytes] = frozenset()) -> List[bytes]
     names = head.names
     dropped = _ALWAYS_DROPPED
     if b"connection" in names:
-        named = [t for value in head.get_all(b"connection") for t in tokens(value)]
-        if not dropped.issuperset(named):  # usually just keep-alive, close or upgrade
-            dropped = dropped.union(named)
+        dropped = _dropped_with_connection(head)
     if keep:
         dropped = dropped - keep
     return [b": ".join(pair) for pair, name in zip(head.headers, names) if name not in dropped]
+
+
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+
+def _dropped_with_connection(head: _Head) -> FrozenSet[bytes]:
+    """The names to drop when Connection is present: it names hop-by-hop fields too."""
+    plain = head.names.count(b"connection") == 1 and (
+        head.get(b"connection").lower() in _PLAIN_CONNECTION  # the usual value
+    )
+    if plain:
+        return _ALWAYS_DROPPED
+    named = [t for value in head.get_all(b"connection") for t in tokens(value)]
+    return _ALWAYS_DROPPED.union(named)
 
 
 def _head_bytes(start_line: bytes, lines: List[bytes], extra: List[bytes]) -> bytes:

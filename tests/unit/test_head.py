@@ -64,6 +64,16 @@ def test_end_to_end_keep_lets_upgrade_through():
     assert kept == [b"Upgrade: websocket", *(b": ".join(pair) for pair in END_TO_END)]
 
 
+@pytest.mark.parametrize("value", [b"keep-alive", b"Close", b"Upgrade", b"keep-alive, X-A"])
+def test_end_to_end_with_one_connection_field(value):
+    """A plain keep-alive/close/upgrade skips splitting tokens; anything else is split."""
+    head = request(
+        b"GET / HTTP/1.1\r\nConnection: %s\r\nKeep-Alive: 5\r\nX-A: 1\r\nX-C: 3\r\n\r\n" % value
+    )
+    named = b"X-A" in value
+    assert h.end_to_end(head) == ([] if named else [b"X-A: 1"]) + [b"X-C: 3"]
+
+
 def test_end_to_end_every_connection_header_counts():
     head = request(
         b"GET / HTTP/1.1\r\nConnection: X-A\r\nconnection: x-b\r\n"
