@@ -114,25 +114,33 @@ def route(head: RequestHead, config) -> Target:
 
 
 def _decide(key, config) -> Target:
-    """A new Target, refused with 400 (fields), 403/508 (policy), else remembered."""
-    host, raw_port, raw_workspace = key
-    host_workspace, host_port = host_route(host)
-    port = _port(raw_port, host_port)
-    workspace = host_workspace if raw_workspace is None else _workspace(raw_workspace)
-    if workspace is None:
-        address = config.upstream_host
-    else:
-        try:
-            address = workspace_ip(workspace)
-        except InvalidWorkspace:
-            raise ClientError(400, f"invalid workspace name: {workspace}") from None
-    target = Target(address, port, workspace)
+    """A new Target for these field values: refused with 400 (fields) or 403/508
+    (policy), else remembered."""
+    target = _target(*_workspace_and_port(key), config)
     check_policy(target, config)
     if sum(len(value) for value in key if value) <= REMEMBERED_KEY_MAX:
         if len(config.targets) >= TARGETS_KEPT:
             config.targets.clear()
         config.targets[key] = target
     return target
+
+
+def _workspace_and_port(key) -> Tuple[Optional[str], int]:
+    """What the Host, port and workspace fields ask for; workspace None: no workspace."""
+    host, raw_port, raw_workspace = key
+    host_workspace, host_port = host_route(host)
+    port = _port(raw_port, host_port)
+    workspace = host_workspace if raw_workspace is None else _workspace(raw_workspace)
+    return workspace, port
+
+
+def _target(workspace: Optional[str], port: int, config) -> Target:
+    if workspace is None:
+        return Target(config.upstream_host, port, None)
+    try:
+        return Target(workspace_ip(workspace), port, workspace)
+    except InvalidWorkspace:
+        raise ClientError(400, f"invalid workspace name: {workspace}") from None
 
 
 def origin_form(head: RequestHead, listen) -> RequestHead:

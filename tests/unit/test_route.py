@@ -175,6 +175,25 @@ def test_decisions_are_remembered_only_once_the_policy_let_them_through(monkeypa
     assert all(len(workspace or b"") <= 512 for _, _, workspace in config.targets), "not kept"
 
 
+def test_a_remembered_decision_serves_only_requests_with_the_same_fields():
+    """Requests that differ in any routing field, interleaved on one Config, each get
+    the Target a fresh Config would give them."""
+    config = Config.defaults(listen="127.0.0.1:8080")
+    requests = [
+        (b"X-Cmux-Port-Internal: 3000",),
+        (b"X-Cmux-Port-Internal: 3001",),
+        (b"X-Cmux-Port-Internal: 3000", b"X-Cmux-Workspace-Internal: workspace-2"),
+        (b"Host: ws-a-3000.localhost",),
+        (b"Host: ws-b-3000.localhost",),
+        (b"Host: ws-b-3000.localhost", b"X-Cmux-Port-Internal: 4000"),
+        (b"Host: ws-b-3000.localhost", b"X-Cmux-Workspace-Internal: other"),
+    ]
+    for lines in requests * 3:
+        fresh = Config.defaults(listen="127.0.0.1:8080")
+        assert routed(*lines, config=config) == routed(*lines, config=fresh), lines
+    assert len(config.targets) == len(requests)
+
+
 def test_target_names_an_ipv6_upstream_in_brackets():
     config = Config.defaults(listen="127.0.0.1:8080", upstream_host="::1")
     target = route(head(b"X-Cmux-Port-Internal: 3000"), config)
