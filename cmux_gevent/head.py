@@ -150,7 +150,7 @@ def request_framing(head: RequestHead) -> Tuple[str, int]:
         return CHUNKED, 0
     if b"content-length" not in names:  # most requests: no lookup
         return NONE, 0
-    length = int(head.get(b"content-length"))
+    length = int(head.headers[names.index(b"content-length")][1])
     return (LENGTH, length) if length else (NONE, 0)
 
 
@@ -159,12 +159,12 @@ def response_framing(method: bytes, head: "ResponseHead") -> Tuple[str, int]:
     status = head.status
     if method == b"HEAD" or status < 200 or status in (204, 304):
         return NONE, 0
-    if b"transfer-encoding" in head.names:
+    names = head.names
+    if b"transfer-encoding" in names:
         return CHUNKED, 0  # the only coding `response_problem` lets through
-    value = head.get(b"content-length")
-    if value is None:
+    if b"content-length" not in names:
         return CLOSE, 0
-    length = int(value)
+    length = int(head.headers[names.index(b"content-length")][1])
     return (LENGTH, length) if length else (NONE, 0)
 
 
@@ -192,10 +192,11 @@ _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 def _dropped_with_connection(head: _Head) -> FrozenSet[bytes]:
     """The names to drop when Connection is present: it names hop-by-hop fields too."""
-    plain = head.names.count(b"connection") == 1 and (
-        head.get(b"connection").lower() in _PLAIN_CONNECTION  # the usual value
+    names = head.names
+    plain = names.count(b"connection") == 1 and (
+        head.headers[names.index(b"connection")][1].lower() in _PLAIN_CONNECTION
     )
-    if plain:
+    if plain:  # the usual Connection field: it names nothing else
         return _ALWAYS_DROPPED
     named = [t for value in head.get_all(b"connection") for t in tokens(value)]
     return _ALWAYS_DROPPED.union(named)
