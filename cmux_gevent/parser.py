@@ -101,13 +101,8 @@ class _EventParser:
         self._start_text = b""
         if len(headers) > self.limits.max_headers:
             raise self.oversized("too many header fields")
-        # The bytes fed while awaiting this head, plus the read that completed it,
-        # bound its size; only a bound over the limit (a large read) makes us measure
-        # the head exactly, so the limit holds for any chunking ("name: value\r\n").
         if self._head_bytes + self._feeding > self.limits.max_head_bytes:
-            size = len(start_text) + sum(len(n) + len(v) + 4 for n, v in headers)
-            if size > self.limits.max_head_bytes:
-                raise self.oversized("request header fields too large")
+            self._measure_head(start_text, headers)
         self._awaiting_head = False
         self._head_bytes = 0
         p = self._parser
@@ -125,6 +120,17 @@ class _EventParser:
             if problem:
                 raise self.malformed(problem)
         self.events.append(head)
+
+    def _measure_head(self, start_text: bytes, headers: List[Header]) -> None:
+        """Refuse a head over max_head_bytes, counted as `name: value\r\n` lines.
+
+        The bytes fed while awaiting a head, plus the read that completed it, bound
+        its size; only a bound over the limit (a large read) gets here, so the limit
+        holds for any chunking at the cost of one sum per large head.
+        """
+        size = len(start_text) + sum(len(n) + len(v) + 4 for n, v in headers)
+        if size > self.limits.max_head_bytes:
+            raise self.oversized("request header fields too large")
 
     def on_body(self, body: bytes):
         self.events.append(body)
