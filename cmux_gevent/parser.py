@@ -38,7 +38,7 @@ class _EventParser:
     parser_class = None
     head_class = None
     first_field = None  # the start line's first field, read from the httptools parser
-    check = None  # a head's problem that refuses it (malformed), or None
+    check = None  # head -> why it must be refused (raised as malformed), or a falsy value
 
     def __init__(self, limits: Limits):
         self.events: Deque[Event] = deque()
