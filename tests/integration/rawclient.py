@@ -82,17 +82,24 @@ def wait_closed(sock, timeout: float = 5.0) -> bool:
     return read_until_close(sock, timeout).closed
 
 
-def _response_complete(data: bytes) -> bool:
-    if b"\r\n\r\n" not in data:
-        return False
-    reply = Reply(data, False)
-    return len(reply.body) >= int(reply.headers.get("content-length", "0"))
-
-
 def read_response(sock, timeout: float = 5.0) -> Reply:
-    """Read exactly one Content-Length-framed response from a keep-alive connection."""
+    """Read exactly one Content-Length-framed response from a keep-alive connection.
+
+    The head is read a byte at a time and the body to its length, so a pipelined
+    next response that arrived in the same segment stays in the socket.
+    """
     sock.settimeout(timeout)
-    return Reply(*recv_until(sock, _response_complete))
+    head, closed = recv_until(sock, lambda seen: seen.endswith(b"\r\n\r\n"), size=1)
+    if closed:
+        return Reply(head, True)
+    length = int(Reply(head, False).headers.get("content-length", "0"))
+    body = b""
+    while len(body) < length:
+        more = sock.recv(length - len(body))
+        if not more:
+            return Reply(head + body, True)
+        body += more
+    return Reply(head + body, False)
 
 
 def recv_head(sock, timeout: float = 5.0) -> bytes:
