@@ -145,13 +145,7 @@ def _chunked_only(head: _Head) -> bool:
 
 def request_framing(head: RequestHead) -> Tuple[str, int]:
     """How the request body ends, from the headers llhttp validated."""
-    names = head.names
-    if b"transfer-encoding" in names:
-        return CHUNKED, 0
-    if b"content-length" not in names:  # most requests: no lookup
-        return NONE, 0
-    length = int(head.headers[names.index(b"content-length")][1])
-    return (LENGTH, length) if length else (NONE, 0)
+    return _framing_by_fields(head, NONE)
 
 
 def response_framing(method: bytes, head: "ResponseHead") -> Tuple[str, int]:
@@ -159,11 +153,17 @@ def response_framing(method: bytes, head: "ResponseHead") -> Tuple[str, int]:
     status = head.status
     if method == b"HEAD" or status < 200 or status in (204, 304):
         return NONE, 0
+    return _framing_by_fields(head, CLOSE)
+
+
+def _framing_by_fields(head: _Head, without_length: str) -> Tuple[str, int]:
+    """Framing from Transfer-Encoding (only `chunked` gets this far) or Content-Length;
+    `without_length` when neither is there (NONE for requests, CLOSE for responses)."""
     names = head.names
     if b"transfer-encoding" in names:
-        return CHUNKED, 0  # the only coding `response_problem` lets through
+        return CHUNKED, 0
     if b"content-length" not in names:
-        return CLOSE, 0
+        return without_length, 0
     length = int(head.headers[names.index(b"content-length")][1])
     return (LENGTH, length) if length else (NONE, 0)
 

@@ -27,8 +27,9 @@ REMEMBERED_KEY_MAX = 512
 class Target:
     """Where a request goes: upstream `host`:`port`, and the workspace that chose host.
 
-    Built once per (workspace, port) and reused, so it also carries the names the
-    error texts, a missing Host header and the access log write.
+    Built once per distinct routing field values and reused (see `route`), so it
+    also carries the names the error texts, a missing Host header and the access
+    log write.
     """
 
     __slots__ = ("host", "port", "workspace", "name", "log_name")
@@ -41,7 +42,7 @@ class Target:
         self.log_name = b"port=%d upstream=%s" % (port, host.encode())
 
     def __repr__(self):
-        return f"Target({self.host}:{self.port}, workspace={self.workspace!r})"
+        return f"Target({self.name}, workspace={self.workspace!r})"
 
 
 def _text(value: bytes) -> str:
