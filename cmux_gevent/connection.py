@@ -25,7 +25,7 @@ from .body import (
 )
 from .deadlines import SEND_SECONDS
 from .errors import ClientError, ProxyError, UpstreamError, render_error
-from .parser import END, RequestParser
+from .parser import END, request_parser
 from .pool import connect
 from .relay import Tunnel
 from .route import origin_form, route
@@ -43,7 +43,7 @@ class ClientConnection:
         self.peer = (address[0] if isinstance(address, tuple) else str(address)).encode()
         self.proxy = proxy
         self.config = proxy.config
-        self.reader = MessageReader(sock, RequestParser(proxy.config.limits))
+        self.reader = MessageReader(sock, request_parser(proxy.config.limits))
         self.idle = True  # waiting for a request: a draining server may close us at once
         self.responding = False  # some response bytes went out: errors can only close
         self.tunnel = None  # set when the connection became a WebSocket/CONNECT tunnel
@@ -337,7 +337,7 @@ class ClientConnection:
 
         self._unwatch_client()
         head = exchange.head  # an idle tunnel keeps only what its log line needs
-        exchange.head = h.RequestHead(head.method, head.target, head.version, [], False, False)
+        exchange.head = h.Head(head.method, head.target, head.version, [], False, False)
         self.reader = None
         self.tunnel = Tunnel(
             self.sock.detach(),

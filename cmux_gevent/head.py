@@ -46,13 +46,16 @@ def tokens(value: Optional[bytes]) -> List[bytes]:
     return [t for t in map(bytes.strip, value.lower().split(b",")) if t]
 
 
-class _Head:
-    """What request and response heads share; built once per message, so kept lean.
+class Head:
+    """A request or response head as llhttp parsed it; `headers` keeps order, case and
+    duplicates, `names` holds their lowercase names beside them for lookups.
 
-    One constructor serves both kinds: the start line's two fields live in the
-    slots `_first` and `_text`, which RequestHead names `method`/`target` and
-    ResponseHead `status`/`reason` (aliases of the same slot descriptors, as
-    fast as any attribute).
+    Head(first, text, version, headers, keep_alive, upgrade): the start line's two
+    fields are the slots `_first` and `_text`, read as `method` and `target` on a
+    request and as `status` (an int) and `reason` on a response. Requests and
+    responses share one class on purpose: CPython 3.11 caches an attribute lookup
+    for one type per call site, so code that handles both kinds (filtering,
+    framing) ran its lookups uncached while two head types alternated.
     """
 
     __slots__ = ("_first", "_text", "version", "headers", "names", "keep_alive", "upgrade")
@@ -62,7 +65,7 @@ class _Head:
         self._text = text
         self.version = version
         self.headers = headers
-        self.names = [name.lower() for name, _ in headers]  # beside headers, for lookups
+        self.names = [name.lower() for name, _ in headers]
         self.keep_alive = keep_alive
         self.upgrade = upgrade
 
@@ -79,25 +82,13 @@ class _Head:
         return [pair[1] for pair, name in zip(self.headers, self.names) if name == lower_name]
 
 
-class RequestHead(_Head):
-    """A request head as llhttp parsed it: RequestHead(method, target, version, headers,
-    keep_alive, upgrade); `headers` keeps order, case and duplicates."""
-
-    __slots__ = ()
-    method = _Head._first  # bytes
-    target = _Head._text  # bytes
+# The start line's fields by their names: aliases of the slot descriptors (which exist only
+# once the class does), as fast as any attribute.
+Head.method = Head.status = Head._first  # a request's method (bytes), a response's status (int)
+Head.target = Head.reason = Head._text  # a request's target, a response's reason phrase (bytes)
 
 
-class ResponseHead(_Head):
-    """A response head as llhttp parsed it: ResponseHead(status, reason, version, headers,
-    keep_alive, upgrade)."""
-
-    __slots__ = ()
-    status = _Head._first  # int
-    reason = _Head._text  # bytes
-
-
-def check_request(head: RequestHead) -> None:
+def check_request(head: Head) -> None:
     """Refuse what llhttp tolerates but a proxy in front of dev servers must not.
 
     llhttp already rejects bare LF, CL with TE, differing Content-Lengths, bad
@@ -122,7 +113,7 @@ def check_request(head: RequestHead) -> None:
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def response_problem(head: "ResponseHead") -> Optional[str]:
+def response_problem(head: Head) -> Optional[str]:
     """Why an upstream response head must not be relayed, or None (llhttp checked the rest).
 
     Only HTTP/1.x, a reason phrase of visible characters, and Transfer-Encoding
@@ -137,18 +128,18 @@ def response_problem(head: "ResponseHead") -> Optional[str]:
     return None
 
 
-def _chunked_only(head: _Head) -> bool:
+def _chunked_only(head: Head) -> bool:
     """Exactly one Transfer-Encoding, exactly `chunked`."""
     encodings = head.get_all(b"transfer-encoding")
     return len(encodings) == 1 and encodings[0].lower() == b"chunked"
 
 
-def request_framing(head: RequestHead) -> Tuple[str, int]:
+def request_framing(head: Head) -> Tuple[str, int]:
     """How the request body ends, from the headers llhttp validated."""
     return _framing_by_fields(head, NONE)
 
 
-def response_framing(method: bytes, head: "ResponseHead") -> Tuple[str, int]:
+def response_framing(method: bytes, head: Head) -> Tuple[str, int]:
     """How a response body ends (RFC 9112 6.3), given the request's method."""
     status = head.status
     if method == b"HEAD" or status < 200 or status in (204, 304):
@@ -156,7 +147,7 @@ def response_framing(method: bytes, head: "ResponseHead") -> Tuple[str, int]:
     return _framing_by_fields(head, CLOSE)
 
 
-def _framing_by_fields(head: _Head, without_length: str) -> Tuple[str, int]:
+def _framing_by_fields(head: Head, without_length: str) -> Tuple[str, int]:
     """Framing from Transfer-Encoding (only `chunked` gets this far) or Content-Length;
     `without_length` when neither is there (NONE for requests, CLOSE for responses)."""
     names = head.names
@@ -171,7 +162,7 @@ def _framing_by_fields(head: _Head, without_length: str) -> Tuple[str, int]:
 _ALWAYS_DROPPED = HOP_BY_HOP | ROUTING_HEADERS
 
 
-def end_to_end(head: _Head, keep: FrozenSet[bytes] = frozenset()) -> List[bytes]:
+def end_to_end(head: Head, keep: FrozenSet[bytes] = frozenset()) -> List[bytes]:
     """The head's header lines (`Name: value`, as received) without hop-by-hop fields, the
     fields Connection names, and routing fields.
 
@@ -190,7 +181,7 @@ def end_to_end(head: _Head, keep: FrozenSet[bytes] = frozenset()) -> List[bytes]
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 
-def _dropped_with_connection(head: _Head) -> FrozenSet[bytes]:
+def _dropped_with_connection(head: Head) -> FrozenSet[bytes]:
     """The names to drop when Connection is present: it names hop-by-hop fields too."""
     names = head.names
     plain = names.count(b"connection") == 1 and (
@@ -207,7 +198,7 @@ def _head_bytes(start_line: bytes, lines: List[bytes], extra: List[bytes]) -> by
 
 
 def serialize_request(
-    head: RequestHead, lines: List[bytes], framing: str, connection: Optional[bytes] = None
+    head: Head, lines: List[bytes], framing: str, connection: Optional[bytes] = None
 ) -> bytes:
     """The head sent upstream: always HTTP/1.1, keep-alive unless `connection` says otherwise.
 
@@ -221,6 +212,6 @@ def serialize_request(
     return _head_bytes(b"%s %s HTTP/1.1" % (head.method, head.target), lines, extra)
 
 
-def serialize_response(head: ResponseHead, lines: List[bytes], extra: List[bytes]) -> bytes:
+def serialize_response(head: Head, lines: List[bytes], extra: List[bytes]) -> bytes:
     """The head sent to the client: upstream status and reason, header lines, then ours."""
     return _head_bytes(b"HTTP/1.1 %d %s" % (head.status, head.reason), lines, extra)

@@ -18,7 +18,7 @@ from .body import MessageReader, peek
 from .config import show_address
 from .deadlines import SEND_SECONDS
 from .errors import UpstreamError
-from .parser import Limits, ResponseParser
+from .parser import Limits, MessageParser, response_parser
 
 POOL_IDLE_SECONDS = 4.0  # Node dev servers drop idle sockets at 5 s
 #: A connection released this recently is handed out without a liveness peek: servers
@@ -82,8 +82,8 @@ class UpstreamPool:
         sock = connect(host, port, self.connect_timeout)
         return MessageReader(sock, self._parser(host, port))
 
-    def _parser(self, host: str, port: int) -> ResponseParser:
-        return ResponseParser(self.limits, show_address((host, port)))  # as its 502s name it
+    def _parser(self, host: str, port: int) -> MessageParser:
+        return response_parser(self.limits, show_address((host, port)))  # as its 502s name it
 
     def acquire(self, host: str, port: int):
         """(upstream, reused): a live pooled connection if there is one, else a new one."""

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 from .config import show_address
 from .errors import ClientError
-from .head import PORT_HEADER, WORKSPACE_HEADER, RequestHead
+from .head import PORT_HEADER, WORKSPACE_HEADER, Head
 from .workspace import InvalidWorkspace, workspace_ip
 
 LOCALHOST_SUFFIX = ".localhost"
@@ -103,7 +103,7 @@ def _workspace(raw: bytes) -> str:
     return text
 
 
-def route(head: RequestHead, config) -> Target:
+def route(head: Head, config) -> Target:
     """The upstream for `head` (in origin-form): headers first, the Host route for the rest.
 
     A decision depends on three field values only, so a Target once let through is
@@ -144,7 +144,7 @@ def _target(workspace: Optional[str], port: int, config) -> Target:
         raise ClientError(400, f"invalid workspace name: {workspace}") from None
 
 
-def origin_form(head: RequestHead, listen) -> RequestHead:
+def origin_form(head: Head, listen) -> Head:
     """`head`, or for `http://authority/path` a new head for `/path` with `Host: authority`.
 
     Absolute-form is accepted only when the authority names this proxy: a
@@ -162,7 +162,7 @@ def origin_form(head: RequestHead, listen) -> RequestHead:
     target = path if path.startswith(b"/") else b"/" + path
     headers = [(n, v) for n, v in head.headers if n.lower() != b"host"]
     headers.append((b"Host", authority))
-    return RequestHead(head.method, target, head.version, headers, head.keep_alive, head.upgrade)
+    return Head(head.method, target, head.version, headers, head.keep_alive, head.upgrade)
 
 
 def _names_us(authority: bytes, listen) -> bool:

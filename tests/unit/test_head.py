@@ -4,17 +4,17 @@ import pytest
 
 from cmux_gevent import head as h
 from cmux_gevent.errors import ClientError, UpstreamError, render_error, status_line
-from cmux_gevent.parser import Limits, RequestParser, ResponseParser
+from cmux_gevent.parser import Limits, request_parser, response_parser
 
 
-def request(raw: bytes) -> h.RequestHead:
-    parser = RequestParser(Limits())
+def request(raw: bytes) -> h.Head:
+    parser = request_parser(Limits())
     parser.feed(raw)
     return parser.events[0]
 
 
-def response(raw: bytes) -> h.ResponseHead:
-    parser = ResponseParser(Limits(), "u:1")
+def response(raw: bytes) -> h.Head:
+    parser = response_parser(Limits(), "u:1")
     parser.feed(raw)
     return parser.events[0]
 
@@ -51,7 +51,7 @@ END_TO_END = [(b"Set-Cookie", b"a=1"), (b"host", b"h"), (b"Set-Cookie", b"b=2"),
 
 
 def _head(headers):
-    return h.RequestHead(b"GET", b"/", "1.1", headers, True, False)
+    return h.Head(b"GET", b"/", "1.1", headers, True, False)
 
 
 def test_end_to_end_drops_hop_by_hop_named_and_routing_keeps_the_rest_in_order():

@@ -10,8 +10,8 @@ import random
 import pytest
 
 from cmux_gevent.errors import ClientError, UpstreamError
-from cmux_gevent.head import RequestHead, ResponseHead
-from cmux_gevent.parser import END, Limits, RequestParser, ResponseParser
+from cmux_gevent.head import Head
+from cmux_gevent.parser import END, Limits, request_parser, response_parser
 
 BODY = "body"  # how `normalise` labels a body piece (the parser queues bare bytes)
 
@@ -40,7 +40,7 @@ def normalise(events):
     """Events as comparable tuples, adjacent body pieces joined."""
     out = []
     for event in events:
-        if isinstance(event, RequestHead):
+        if isinstance(event, Head) and isinstance(event.method, bytes):  # a request
             out.append(
                 (
                     "request",
@@ -52,7 +52,7 @@ def normalise(events):
                     event.upgrade,
                 )
             )
-        elif isinstance(event, ResponseHead):
+        elif isinstance(event, Head):  # a response: its first field is the int status
             out.append(
                 (
                     "response",
@@ -95,7 +95,7 @@ def feed_all(parser, pieces):
 
 
 def request_events(pieces, limits=None):
-    return normalise(feed_all(RequestParser(limits or Limits()), pieces).events)
+    return normalise(feed_all(request_parser(limits or Limits()), pieces).events)
 
 
 @pytest.mark.parametrize("name", sorted(REQUESTS))
@@ -149,7 +149,7 @@ UPGRADE = b"GET /ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: webs
 def test_upgrade_keeps_the_bytes_after_the_head(method_line):
     raw = b"\x81\x05hello-raw-bytes"
     for cut in range(len(method_line), len(method_line) + len(raw) + 1):
-        parser = RequestParser(Limits())
+        parser = request_parser(Limits())
         data = method_line + raw
         parser.feed(data[:cut])  # the piece holding the head's end, as a read returns it
         assert parser.upgraded_rest == data[len(method_line) : cut]
@@ -158,7 +158,7 @@ def test_upgrade_keeps_the_bytes_after_the_head(method_line):
 
 def test_upgrade_head_split_anywhere_still_upgrades():
     for label, pieces in chunkings(UPGRADE):
-        parser = feed_all(RequestParser(Limits()), pieces)
+        parser = feed_all(request_parser(Limits()), pieces)
         assert parser.events[0].upgrade and parser.upgraded_rest == b"", label
 
 
@@ -167,7 +167,7 @@ def errors_in_every_chunking(data, limits=None):
     seen = set()
     for label, pieces in chunkings(data):
         try:
-            feed_all(RequestParser(limits or Limits()), pieces)
+            feed_all(request_parser(limits or Limits()), pieces)
         except ClientError as exc:
             seen.add((exc.status, exc.reason))
         else:
@@ -237,7 +237,7 @@ def test_body_bytes_do_not_count_against_the_head_limit():
 
 
 def response_events(pieces):
-    return normalise(feed_all(ResponseParser(Limits(), "127.0.0.1:9"), pieces).events)
+    return normalise(feed_all(response_parser(Limits(), "127.0.0.1:9"), pieces).events)
 
 
 def test_interim_response_then_final():
@@ -259,7 +259,7 @@ def test_until_close_response_has_no_end_yet():
 
 
 def test_101_keeps_the_bytes_after_the_head():
-    parser = ResponseParser(Limits(), "u:1")
+    parser = response_parser(Limits(), "u:1")
     parser.feed(b"HTTP/1.1 101 Switching\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\nframes")
     assert parser.events[0].status == 101 and parser.upgraded_rest == b"frames"
 
@@ -269,7 +269,7 @@ def test_101_keeps_the_bytes_after_the_head():
 )
 def test_malformed_response_is_502_naming_the_upstream(data):
     with pytest.raises(UpstreamError) as info:
-        ResponseParser(Limits(), "127.18.0.9:3000").feed(data)
+        response_parser(Limits(), "127.18.0.9:3000").feed(data)
     assert info.value.status == 502
     assert info.value.reason.startswith(
         "upstream request error: malformed response from 127.18.0.9:3000"
@@ -290,10 +290,10 @@ CONNECTION_FIELDS = [
 def test_the_version_is_the_one_on_the_start_line(version, field):
     """The parser reads the version only when llhttp's keep-alive does not already say
     1.1; whichever way it knows, the head must carry the version the peer wrote."""
-    request = RequestParser(Limits())
+    request = request_parser(Limits())
     request.feed(b"GET / HTTP/%s\r\n%s\r\n" % (version.encode(), field))
     assert request.events[0].version == version
-    response = ResponseParser(Limits(), "u:1")
+    response = response_parser(Limits(), "u:1")
     try:
         response.feed(b"HTTP/%s 200 OK\r\nContent-Length: 0\r\n%s\r\n" % (version.encode(), field))
     except UpstreamError as error:  # only 1.0 and 1.1 responses are relayed
@@ -306,5 +306,5 @@ def test_the_version_is_the_one_on_the_start_line(version, field):
 def test_versions_llhttp_does_not_know_are_refused(version):
     """The shortcut above relies on llhttp refusing every other version."""
     with pytest.raises(ClientError) as info:
-        RequestParser(Limits()).feed(b"GET / HTTP/%s\r\nHost: x\r\n\r\n" % version.encode())
+        request_parser(Limits()).feed(b"GET / HTTP/%s\r\nHost: x\r\n\r\n" % version.encode())
     assert info.value.status == 400

@@ -5,14 +5,14 @@ import pytest
 from cmux_gevent import route as route_module
 from cmux_gevent.config import Config
 from cmux_gevent.errors import ClientError
-from cmux_gevent.parser import Limits, RequestParser
+from cmux_gevent.parser import Limits, request_parser
 from cmux_gevent.route import host_route, is_own_listener, origin_form, parse_port, route
 
 CONFIG = Config.defaults(listen="127.0.0.1:8080")
 
 
 def head(*lines: bytes, target=b"/"):
-    parser = RequestParser(Limits())
+    parser = request_parser(Limits())
     parser.feed(b"GET %s HTTP/1.1\r\n%s\r\n" % (target, b"".join(line + b"\r\n" for line in lines)))
     return parser.events[0]
 
